@@ -1,0 +1,88 @@
+"""Deltas and the cheap checks made on foreign ones before pycrdt sees them.
+
+A delta is the Yjs v1 update made by one committed local transaction on one
+document, identified by ``(origin, seq)`` and carrying a checksum of its bytes
+computed at the origin, since Yjs updates carry none and a mutated update may be
+accepted silently and diverge a replica for good (PYCRDT-FACTS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from replica import errors
+
+CHECKSUM_SIZE = 8
+#: Default largest delta a replica accepts from elsewhere (8 MiB).
+MAX_DELTA_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One immutable delta of one document."""
+
+    document: str
+    origin: str
+    seq: int
+    checksum: bytes
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Delta({self.document!r}, {self.origin!r}#{self.seq}, {len(self.data)} B)"
+
+
+def checksum(data: bytes) -> bytes:
+    """The checksum stored with every delta (BLAKE2b, 64 bits)."""
+    return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE).digest()
+
+
+def make(document: str, origin: str, seq: int, data: bytes) -> Delta:
+    """A new delta with its checksum."""
+    return Delta(document, origin, seq, checksum(data), data)
+
+
+def leading_varint(data: bytes) -> int | None:
+    """The first unsigned LEB128 varint of ``data``, or None if unterminated."""
+    value = 0
+    for shift, byte in zip(range(0, 70, 7), data):
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+    return None
+
+
+def precheck(delta: Delta, *, max_bytes: int = MAX_DELTA_BYTES) -> None:
+    """Refuse a foreign delta that must never reach pycrdt.
+
+    Checks, cheapest first: field types, size, checksum, and the leading varint
+    (a 5-byte update whose first varint is ~2**28 makes yrs allocate ~520 MB).
+    Raises :class:`~replica.errors.DeltaRejected`.
+    """
+
+    def reject(reason: str, message: str) -> errors.DeltaRejected:
+        return errors.DeltaRejected(
+            reason, message, document=str(delta.document), origin=str(delta.origin), seq=_int_or_0(delta.seq)
+        )
+
+    if (
+        type(delta.seq) is not int
+        or delta.seq < 1
+        or delta.seq >= 2**63
+        or type(delta.data) is not bytes
+        or type(delta.checksum) is not bytes
+        or type(delta.origin) is not str
+        or type(delta.document) is not str
+    ):
+        raise reject(errors.REJECT_INVALID, "fields of the wrong type or range")
+    if len(delta.data) > max_bytes:
+        raise reject(errors.REJECT_TOO_LARGE, f"{len(delta.data)} bytes, at most {max_bytes} accepted")
+    if checksum(delta.data) != delta.checksum:
+        raise reject(errors.REJECT_CHECKSUM, "the bytes do not match their checksum (damaged in transit?)")
+    first = leading_varint(delta.data)
+    if first is None or first > len(delta.data) or len(delta.data) < 2:
+        raise reject(errors.REJECT_MALFORMED, "not a Yjs update (bad header)")
+
+
+def _int_or_0(value: object) -> int:
+    return value if type(value) is int else 0

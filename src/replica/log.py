@@ -1,0 +1,293 @@
+"""The delta log: the one layer that knows what the store's keys mean.
+
+Theory of operation
+-------------------
+Every delta a replica holds, local or foreign, is appended once and never
+changed. Document names and origin replica ids are interned to 4-byte numbers
+so that keys stay short. Tables (see ``replica.store``)::
+
+    meta        b"replica_id"                          -> replica id (utf-8)
+    documents   b"n" + name | b"i" + doc               -> doc | name
+    origins     b"n" + id   | b"i" + origin            -> origin | id
+    deltas      doc + pos                              -> origin + seq + checksum + bytes
+    index       doc + origin + seq                     -> pos
+    watermarks  remote + 0x00 + doc                    -> msgpack {origin id: seq}
+    rejected    remote + 0x00 + doc + origin + seq     -> msgpack [code, message]
+
+``pos`` numbers a document's deltas in the order this replica applied them.
+Replaying a document in ``pos`` order is therefore always causally valid (each
+delta after everything it depended on), and sending in ``pos`` order keeps each
+origin's seqs in order, which pycrdt needs (PYCRDT-FACTS.md).
+
+The version vector of a document, ``{origin: highest seq}``, is read from the
+``index`` table (two cursor seeks per origin): it is derived from what is on
+disk, never counted separately. Seqs of one origin are contiguous from 1,
+which :meth:`DeltaLog.append` enforces, so "deltas not covered by a watermark"
+is a subtraction per origin.
+
+The log caches interned numbers, the next ``pos`` and the version vectors of
+documents it has written to; :meth:`DeltaLog.write` drops those caches when a
+write transaction fails, so they never outlive an aborted write.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import msgpack
+
+from replica.delta import CHECKSUM_SIZE, Delta
+from replica.store import Store, Txn, prefix_end
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_INDEX = struct.Struct(">IIQ")  # doc, origin, seq
+_DELTA_HEAD = struct.Struct(f">IQ{CHECKSUM_SIZE}s")  # origin, seq, checksum
+_HEAD = _DELTA_HEAD.size
+
+VersionVector = dict[str, int]
+
+
+class DeltaLog:
+    """Append-only deltas of every document of one replica."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._clear_caches()
+
+    def _clear_caches(self) -> None:
+        self._doc_ids: dict[str, int] = {}
+        self._doc_names: dict[int, str] = {}
+        self._origin_ids: dict[str, int] = {}
+        self._origin_names: dict[int, str] = {}
+        self._next_pos: dict[int, int] = {}
+        self._vv: dict[int, dict[int, int]] = {}
+
+    # -- transactions --------------------------------------------------------
+
+    def read(self) -> contextmanager[Txn]:  # type: ignore[valid-type]
+        return self.store.read()
+
+    @contextmanager
+    def write(self) -> Iterator[Txn]:
+        """A store write transaction; caches are dropped if it fails."""
+        outermost = not self.store.in_write
+        try:
+            with self.store.write() as txn:
+                yield txn
+        except BaseException:
+            if outermost:
+                self._clear_caches()
+            raise
+
+    # -- meta ----------------------------------------------------------------
+
+    def get_meta(self, txn: Txn, key: str) -> str | None:
+        value = txn.get("meta", key.encode())
+        return None if value is None else value.decode()
+
+    def set_meta(self, txn: Txn, key: str, value: str) -> None:
+        txn.put("meta", key.encode(), value.encode())
+
+    # -- interning -----------------------------------------------------------
+
+    def _intern(
+        self, txn: Txn, table: str, name: str, ids: dict[str, int], names: dict[int, str], create: bool
+    ) -> int | None:
+        found = ids.get(name)
+        if found is not None:
+            return found
+        raw = txn.get(table, b"n" + name.encode())
+        if raw is None:
+            if not create:
+                return None
+            last = txn.last_before(table, b"j")
+            number = 0 if last is None or not last[0].startswith(b"i") else _U32.unpack(last[0][1:])[0] + 1
+            txn.put(table, b"n" + name.encode(), _U32.pack(number))
+            txn.put(table, b"i" + _U32.pack(number), name.encode())
+        else:
+            number = _U32.unpack(raw)[0]
+        ids[name] = number
+        names[number] = name
+        return number
+
+    def _doc(self, txn: Txn, document: str, create: bool = False) -> int | None:
+        return self._intern(txn, "documents", document, self._doc_ids, self._doc_names, create)
+
+    def _origin(self, txn: Txn, origin: str, create: bool = False) -> int | None:
+        return self._intern(txn, "origins", origin, self._origin_ids, self._origin_names, create)
+
+    def _origin_name(self, txn: Txn, number: int) -> str:
+        name = self._origin_names.get(number)
+        if name is None:
+            raw = txn.get("origins", b"i" + _U32.pack(number))
+            if raw is None:
+                raise LookupError(f"origin #{number} missing from the log")
+            name = raw.decode()
+            self._origin_names[number] = name
+            self._origin_ids[name] = number
+        return name
+
+    def documents(self, txn: Txn) -> list[str]:
+        """Names of every document with at least one delta, sorted."""
+        names = [key[1:].decode() for key, _ in txn.scan("documents", b"n", b"o")]
+        return sorted(name for name in names if self.version_vector(txn, name))
+
+    # -- version vectors -----------------------------------------------------
+
+    def _vv_numbers(self, txn: Txn, doc: int) -> dict[int, int]:
+        vv: dict[int, int] = {}
+        prefix = _U32.pack(doc)
+        end = prefix_end(prefix)
+        start = prefix
+        while True:
+            first = next(txn.scan("index", start, end), None)
+            if first is None:
+                return vv
+            origin = _U32.unpack(first[0][4:8])[0]
+            after = prefix + _U32.pack(origin + 1) if origin < 0xFFFFFFFF else end
+            assert after is not None
+            last = txn.last_before("index", after)
+            assert last is not None
+            vv[origin] = _INDEX.unpack(last[0])[2]
+            start = after
+
+    def version_vector(self, txn: Txn, document: str) -> VersionVector:
+        """``{origin: highest seq held}`` of ``document``, read from the index."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return {}
+        return {self._origin_name(txn, o): seq for o, seq in self._vv_numbers(txn, doc).items()}
+
+    def held_seq(self, txn: Txn, document: str, origin: str) -> int:
+        """The highest seq of ``origin`` held for ``document`` (0 if none)."""
+        doc = self._doc(txn, document)
+        number = self._origin(txn, origin)
+        if doc is None or number is None:
+            return 0
+        return self._cached_vv(txn, doc).get(number, 0)
+
+    def _cached_vv(self, txn: Txn, doc: int) -> dict[int, int]:
+        vv = self._vv.get(doc)
+        if vv is None:
+            vv = self._vv[doc] = self._vv_numbers(txn, doc)
+        return vv
+
+    # -- deltas --------------------------------------------------------------
+
+    def append(self, txn: Txn, delta: Delta) -> None:
+        """Append one delta. Its seq must follow the last one of its origin."""
+        doc = self._doc(txn, delta.document, create=True)
+        origin = self._origin(txn, delta.origin, create=True)
+        assert doc is not None and origin is not None
+        vv = self._cached_vv(txn, doc)
+        expected = vv.get(origin, 0) + 1
+        if delta.seq != expected:
+            raise ValueError(f"{delta!r} appended out of order: expected seq {expected}")
+        pos = self._next_pos.get(doc)
+        if pos is None:
+            last = txn.last_before("deltas", _U32.pack(doc + 1))
+            pos = _U64.unpack(last[0][4:])[0] + 1 if last and last[0][:4] == _U32.pack(doc) else 1
+        txn.put("deltas", _U32.pack(doc) + _U64.pack(pos), _DELTA_HEAD.pack(origin, delta.seq, delta.checksum) + delta.data)
+        txn.put("index", _INDEX.pack(doc, origin, delta.seq), _U64.pack(pos))
+        self._next_pos[doc] = pos + 1
+        vv[origin] = delta.seq
+
+    def checksum_of(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
+        """The checksum of a held delta, or None if it is not held."""
+        row = self._row(txn, document, origin, seq)
+        return None if row is None else row[12:_HEAD]
+
+    def _row(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
+        doc = self._doc(txn, document)
+        number = self._origin(txn, origin)
+        if doc is None or number is None:
+            return None
+        pos = txn.get("index", _INDEX.pack(doc, number, seq))
+        return None if pos is None else txn.get("deltas", _U32.pack(doc) + pos)
+
+    def get(self, txn: Txn, document: str, origin: str, seq: int) -> Delta | None:
+        """One held delta, or None."""
+        row = self._row(txn, document, origin, seq)
+        return None if row is None else self._delta(txn, document, row)
+
+    def _delta(self, txn: Txn, document: str, row: bytes) -> Delta:
+        origin, seq, check = _DELTA_HEAD.unpack_from(row)
+        return Delta(document, self._origin_name(txn, origin), seq, check, bytes(row[_HEAD:]))
+
+    def deltas(self, txn: Txn, document: str) -> Iterator[Delta]:
+        """Every delta of ``document`` in the order this replica applied them."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return
+        prefix = _U32.pack(doc)
+        for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
+            yield self._delta(txn, document, row)
+
+    def payloads(self, txn: Txn, document: str) -> Iterator[bytes]:
+        """The bytes of every delta of ``document``, in applied order (for replay)."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return
+        prefix = _U32.pack(doc)
+        for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
+            yield row[_HEAD:]
+
+    def missing(self, txn: Txn, document: str, remote: Mapping[str, int]) -> list[Delta]:
+        """The deltas of ``document`` not covered by ``remote`` (a version
+        vector), in applied order, so per-origin seq order and causality hold."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return []
+        positions: list[bytes] = []
+        for origin, held in self._vv_numbers(txn, doc).items():
+            have = remote.get(self._origin_name(txn, origin), 0)
+            if have >= held:
+                continue
+            start = _INDEX.pack(doc, origin, have + 1)
+            stop = _INDEX.pack(doc, origin, held + 1)
+            positions.extend(pos for _, pos in txn.scan("index", start, stop))
+        positions.sort()
+        prefix = _U32.pack(doc)
+        out = []
+        for pos in positions:
+            row = txn.get("deltas", prefix + pos)
+            assert row is not None, "index points at a missing delta"
+            out.append(self._delta(txn, document, row))
+        return out
+
+    # -- watermarks and unsynced ---------------------------------------------
+
+    @staticmethod
+    def _watermark_key(remote: str, doc: int) -> bytes:
+        return remote.encode() + b"\x00" + _U32.pack(doc)
+
+    def watermark(self, txn: Txn, remote: str, document: str) -> VersionVector:
+        """The version vector ``remote`` has durably acknowledged for ``document``."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return {}
+        raw = txn.get("watermarks", self._watermark_key(remote, doc))
+        return {} if raw is None else dict(msgpack.unpackb(raw))
+
+    def set_watermark(self, txn: Txn, remote: str, document: str, vv: Mapping[str, int]) -> None:
+        """Record what ``remote`` acknowledged (only ever raised, never lowered)."""
+        doc = self._doc(txn, document, create=True)
+        assert doc is not None
+        merged = self.watermark(txn, remote, document)
+        for origin, seq in vv.items():
+            if seq > merged.get(origin, 0):
+                merged[origin] = seq
+        txn.put("watermarks", self._watermark_key(remote, doc), msgpack.packb(merged))
+
+    def unsynced(self, txn: Txn, remote: str) -> int:
+        """Deltas held here, of any origin, not covered by ``remote``'s watermark."""
+        total = 0
+        for key, raw in txn.scan("documents", b"i", b"j"):
+            document = raw.decode()
+            mark = self.watermark(txn, remote, document)
+            for origin, held in self.version_vector(txn, document).items():
+                total += max(0, held - mark.get(origin, 0))
+        return total

@@ -1,0 +1,297 @@
+"""The device-side replica: documents over a durable delta log.
+
+A :class:`Replica` wires the parts together: the log (``replica.log``) over a
+store, the documents (``replica.doc``), the status (``replica.status``). It owns
+two decisions: when a local transaction becomes a durable delta, and whether a
+foreign delta may be applied.
+
+Durability: each local transaction's delta is committed (and fsynced) before
+the call that made it returns, unless inside ``with replica.batch():``, which
+commits every delta made inside in one transaction on exit.
+
+Consistency between documents and log: a document's state is always the replay
+of its log. Whenever a write transaction fails, every loaded document is
+rebuilt from what is on disk, so that memory never runs ahead of the log.
+
+A replica is not thread-safe: use it from one thread (or one asyncio loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+
+from replica import delta as deltas
+from replica import errors
+from replica.delta import Delta
+from replica.doc import Document, UpdateFailed
+from replica.log import DeltaLog, VersionVector
+from replica.names import check_document_name, check_replica_id, new_replica_id
+from replica.status import SyncState, SyncStatus
+from replica.store import Store, StoreFailure, Txn
+from replica.store.memory import MemoryStore
+
+log = logging.getLogger("replica.replica")
+
+#: The remote name under which the relay's watermarks are kept.
+RELAY = "relay"
+FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What :meth:`Replica.ingest` did with a batch of deltas, in order: it
+    stored ``applied`` deltas, skipped ``duplicates`` already held, and stopped
+    at ``rejected`` (not stored) if that is set."""
+
+    applied: int
+    duplicates: int
+    rejected: errors.DeltaRejected | None = None
+
+
+class Replica:
+    """Named CRDT documents of one device over an append-only delta log.
+
+    Open with :meth:`open` (a data directory, LMDB) or :meth:`in_memory`.
+    """
+
+    def __init__(self, store: Store, *, replica_id: str | None = None, max_delta_bytes: int = deltas.MAX_DELTA_BYTES) -> None:
+        """Use :meth:`open` or :meth:`in_memory` rather than this."""
+        self._log = DeltaLog(store)
+        self._documents: dict[str, Document] = {}
+        self._closed = False
+        self.max_delta_bytes = max_delta_bytes
+        try:
+            with self._log.write() as txn:
+                self.id = self._init_meta(txn, replica_id)
+        except BaseException:
+            store.close()
+            raise
+
+    def _init_meta(self, txn: Txn, requested: str | None) -> str:
+        if requested is not None:
+            check_replica_id(requested)
+        stored = self._log.get_meta(txn, "replica_id")
+        if stored is None:
+            self._log.set_meta(txn, "format", FORMAT)
+            self._log.set_meta(txn, "replica_id", requested or new_replica_id())
+            stored = self._log.get_meta(txn, "replica_id")
+            assert stored is not None
+            return stored
+        found_format = self._log.get_meta(txn, "format")
+        if found_format != FORMAT:
+            raise errors.DataDirError(f"data format {found_format!r} is not supported (this version reads {FORMAT!r})")
+        if requested is not None and requested != stored:
+            raise errors.ReplicaIdMismatch(
+                f"this data directory belongs to replica {stored!r}, not {requested!r}; "
+                "open it without a replica id or use another directory"
+            )
+        return stored
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, replica_id: str | None = None, **options: int
+    ) -> Replica:
+        """Open (or create) the replica whose data directory is ``path``.
+
+        ``replica_id`` is used when the directory is created (a random one
+        otherwise); reopening with another id is :class:`~replica.errors.ReplicaIdMismatch`.
+        A directory already open elsewhere is :class:`~replica.errors.ReplicaLocked`.
+        ``options``: ``map_size`` (bytes of address space for LMDB),
+        ``max_delta_bytes`` (largest foreign delta accepted).
+        """
+        from replica.store.lmdb import DEFAULT_MAP_SIZE, LmdbStore
+
+        store = LmdbStore(path, map_size=options.pop("map_size", DEFAULT_MAP_SIZE))
+        return cls(store, replica_id=replica_id, **options)
+
+    @classmethod
+    def in_memory(cls, *, replica_id: str | None = None, **options: int) -> Replica:
+        """A replica that keeps everything in memory (tests, scratch work)."""
+        return cls(MemoryStore(), replica_id=replica_id, **options)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the data directory. Committed deltas are already on disk."""
+        if self._closed:
+            return
+        if self._log.store.in_write:
+            raise RuntimeError("close() inside replica.batch()")
+        self._closed = True
+        self._documents.clear()
+        self._log.store.close()
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.id!r}{' closed' if self._closed else ''}>"
+
+    # -- documents -----------------------------------------------------------
+
+    def doc(self, name: str) -> Document:
+        """The document ``name`` (created on first write), loaded from the log."""
+        found = self._documents.get(name)
+        if found is None:
+            self._check_open()
+            check_document_name(name)
+            found = Document(name, self._commit_local)
+            with self._log.read() as txn:
+                found.rebuild(self._log.payloads(txn, name))
+            self._documents[name] = found
+        return found
+
+    def documents(self) -> list[str]:
+        """Names of the documents that hold at least one delta."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.documents(txn)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit every delta made inside in one transaction (one fsync).
+
+        If the block raises, the deltas it made are still committed (the
+        documents hold them already) before the error propagates; none of them
+        is durable before the block ends.
+        """
+        failure: BaseException | None = None
+        with self._writing():
+            try:
+                yield
+            except errors.StorageError:
+                raise  # the transaction is unusable: abort it and reload
+            except BaseException as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+
+    def status(self) -> SyncStatus:
+        """A snapshot of the sync status, derived from the log."""
+        self._check_open()
+        with self._log.read() as txn:
+            unsynced = self._log.unsynced(txn, RELAY)
+        return SyncStatus(state=SyncState.IDLE, unsynced=unsynced)
+
+    # -- writes --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ReplicaError("this replica is closed; open it again", code="replica_closed")
+
+    @contextmanager
+    def _writing(self) -> Iterator[Txn]:
+        """A write transaction. If it fails, loaded documents are rebuilt
+        from disk so that they never hold what the log does not."""
+        self._check_open()
+        outermost = not self._log.store.in_write
+        try:
+            with self._log.write() as txn:
+                yield txn
+        except BaseException as exc:
+            if outermost:
+                self._reload()
+            if isinstance(exc, StoreFailure):
+                raise _storage_error(exc) from exc
+            raise
+
+    def _reload(self) -> None:
+        with self._log.read() as txn:
+            for name, document in self._documents.items():
+                document.rebuild(self._log.payloads(txn, name))
+
+    def _commit_local(self, document: Document, update: bytes) -> None:
+        txn = self._log.store.current_write
+        if txn is None:
+            with self._writing() as txn:
+                self._append_local(txn, document, update)
+        else:  # inside batch(): the hot path of bulk work
+            try:
+                self._append_local(txn, document, update)
+            except StoreFailure as exc:
+                raise _storage_error(exc) from exc
+
+    def _append_local(self, txn: Txn, document: Document, update: bytes) -> None:
+        seq = self._log.held_seq(txn, document.name, self.id) + 1
+        self._log.append(txn, deltas.make(document.name, self.id, seq, update))
+
+    # -- exchange with other replicas (sans-I/O) -----------------------------
+
+    def version_vector(self, document: str) -> VersionVector:
+        """``{origin: highest seq held}`` for ``document``."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.version_vector(txn, document)
+
+    def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]:
+        """The deltas of ``document`` that a replica holding version vector
+        ``remote`` lacks, in an order it can apply them."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.missing(txn, document, remote)
+
+    def ingest(self, incoming: Iterable[Delta]) -> IngestResult:
+        """Store and apply deltas from another replica, in the order given.
+
+        Enforces the delivery rules: cheap checks before pycrdt sees the bytes,
+        per-origin seq order without gaps, duplicates skipped (but a different
+        delta under a held ``(origin, seq)`` is a replica id clash), pycrdt
+        failures caught and the document rebuilt. Stops at the first refused
+        delta; those before it are stored (in one commit).
+        """
+        applied = duplicates = 0
+        rejected = None
+        with self._writing() as txn:
+            for item in incoming:
+                try:
+                    if self._ingest_one(txn, item):
+                        applied += 1
+                    else:
+                        duplicates += 1
+                except errors.DeltaRejected as exc:
+                    log.warning("%s", exc)
+                    rejected = exc
+                    break
+        return IngestResult(applied, duplicates, rejected)
+
+    def _ingest_one(self, txn: Txn, item: Delta) -> bool:
+        deltas.precheck(item, max_bytes=self.max_delta_bytes)
+
+        def reject(reason: str, message: str) -> errors.DeltaRejected:
+            return errors.DeltaRejected(reason, message, document=item.document, origin=item.origin, seq=item.seq)
+
+        try:
+            check_document_name(item.document)
+            check_replica_id(item.origin)
+        except ValueError as exc:
+            raise reject(errors.REJECT_INVALID, str(exc)) from exc
+        held = self._log.held_seq(txn, item.document, item.origin)
+        if item.seq <= held:
+            if self._log.checksum_of(txn, item.document, item.origin, item.seq) != item.checksum:
+                raise reject(errors.REJECT_CLASH, "another delta with this origin and seq is already held; "
+                             "two devices are using the same replica id")
+            return False
+        if item.origin == self.id:
+            raise reject(errors.REJECT_CLASH, "this replica never made it; another device is using this replica's id")
+        if item.seq != held + 1:
+            raise reject(errors.REJECT_GAP, f"seqs {held + 1} to {item.seq - 1} of this origin must come first")
+        document = self.doc(item.document)
+        try:
+            document.apply_remote(item.data)
+        except UpdateFailed as exc:
+            document.rebuild(self._log.payloads(txn, item.document))
+            raise reject(errors.REJECT_MALFORMED, f"not a valid Yjs update ({exc})") from exc
+        self._log.append(txn, item)
+        return True
+
+
+def _storage_error(exc: StoreFailure) -> errors.StorageError:
+    return errors.StorageError(f"could not save to the data directory ({exc}); the last changes were not kept")

@@ -1,0 +1,62 @@
+"""What a UI shows about syncing: immutable :class:`SyncStatus` snapshots.
+
+The home screen of a field app asks four questions, and a snapshot answers
+them: how many changes are not yet safe on the relay (``unsynced``), is a sync
+running (``state`` and ``progress``), did the last one succeed
+(``last_synced_at``) and, if not, why and can it be retried (``error``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from replica.errors import ErrorInfo
+
+
+class SyncState(enum.Enum):
+    """Where syncing stands."""
+
+    IDLE = "idle"  #: no sync has run since the replica was opened
+    SYNCING = "syncing"  #: a sync is running
+    SYNCED = "synced"  #: the last sync completed: everything it covered is on the relay
+    FAILED = "failed"  #: the last sync did not complete; see ``error``
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Counts of deltas in the current (or last) sync run."""
+
+    sent: int = 0
+    to_send: int = 0
+    received: int = 0
+    to_receive: int = 0
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """A snapshot of the sync state of a replica toward its relay.
+
+    ``unsynced`` is derived from the log and the relay's durable watermark each
+    time a snapshot is taken, never from a counter, so it is right after a crash
+    and a reopen.
+    """
+
+    state: SyncState
+    unsynced: int
+    rejected: int = 0
+    progress: Progress = Progress()
+    last_synced_at: float | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def label(self) -> str:
+        """The line a home screen shows."""
+        if self.state is SyncState.SYNCING:
+            return "Sync in Progress"
+        if self.state is SyncState.FAILED and self.error is not None:
+            retry = "retry can help" if self.error.retryable else "retrying will not help"
+            return f"Sync Failed: {self.error.message} ({retry})"
+        if self.state is SyncState.SYNCED and self.unsynced == 0:
+            return "Data Synced"
+        return f"Data unsynced: {self.unsynced}"
