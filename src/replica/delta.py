@@ -45,7 +45,7 @@ def make(document: str, origin: str, seq: int, data: bytes) -> Delta:
 def leading_varint(data: bytes) -> int | None:
     """The first unsigned LEB128 varint of ``data``, or None if unterminated."""
     value = 0
-    for shift, byte in zip(range(0, 70, 7), data):
+    for shift, byte in zip(range(0, 70, 7), data, strict=False):
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return value

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from pycrdt import Doc, Map, Text as YText, TransactionEvent
+from pycrdt import Doc, Map, TransactionEvent
+from pycrdt import Text as YText
 
 from replica import values
 
@@ -62,7 +63,7 @@ class Document:
         self._new_ydoc()
 
     def _new_ydoc(self) -> None:
-        self._ydoc: Doc = Doc()
+        self._ydoc: Doc[Any] = Doc()
         self._subscription = self._ydoc.observe(self._observe)
 
     def _observe(self, event: TransactionEvent) -> None:
@@ -139,13 +140,13 @@ class Document:
         texts: dict[str, str] = {}
         for root in sorted(self._ydoc.keys()):
             if root.startswith(_RECORDS):
-                collection = self.records(root[len(_RECORDS):])
+                collection = self.records(root[len(_RECORDS) :])
                 if len(collection):
                     records[collection.name] = {i: collection.get(i) for i in collection.ids()}
             elif root.startswith(_TEXT):
-                text = str(self.text(root[len(_TEXT):]))
+                text = str(self.text(root[len(_TEXT) :]))
                 if text:
-                    texts[root[len(_TEXT):]] = text
+                    texts[root[len(_TEXT) :]] = text
         return {"records": records, "texts": texts}
 
     # -- for the owner (the replica) -----------------------------------------
@@ -200,16 +201,14 @@ class Records:
         self._bind()
 
     def _bind(self) -> None:
-        self._map: Map = self._document._ydoc.get(_RECORDS + self.name, type=Map)
+        self._map: Map[Any] = self._document._ydoc.get(_RECORDS + self.name, type=Map)
 
     def put(self, record_id: str, fields: Mapping[str, values.Value]) -> None:
         """Create or replace the record ``record_id`` with ``fields``."""
         encoded = _encode_fields(_check_key("record id", record_id), fields)
         self._document._local(self._map.__setitem__, record_id, Map(encoded))
 
-    def update(
-        self, record_id: str, fields: Mapping[str, values.Value], *, unset: Iterable[str] = ()
-    ) -> None:
+    def update(self, record_id: str, fields: Mapping[str, values.Value], *, unset: Iterable[str] = ()) -> None:
         """Set the given fields (and remove those in ``unset``) of an existing
         record, leaving its other fields as they are. ``KeyError`` if there is
         no such record."""
@@ -265,7 +264,7 @@ class Records:
         return f"<Records {self.name!r} of {self._document.name!r}: {len(self)} records>"
 
 
-def _update_record(record: Map, encoded: dict[str, bytes], removed: list[str]) -> None:
+def _update_record(record: Map[Any], encoded: dict[str, bytes], removed: list[str]) -> None:
     for name, value in encoded.items():
         record[name] = value
     for name in removed:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import msgpack
 
@@ -67,7 +67,7 @@ class DeltaLog:
 
     # -- transactions --------------------------------------------------------
 
-    def read(self) -> contextmanager[Txn]:  # type: ignore[valid-type]
+    def read(self) -> AbstractContextManager[Txn]:
         return self.store.read()
 
     @contextmanager
@@ -190,7 +190,8 @@ class DeltaLog:
         if pos is None:
             last = txn.last_before("deltas", _U32.pack(doc + 1))
             pos = _U64.unpack(last[0][4:])[0] + 1 if last and last[0][:4] == _U32.pack(doc) else 1
-        txn.put("deltas", _U32.pack(doc) + _U64.pack(pos), _DELTA_HEAD.pack(origin, delta.seq, delta.checksum) + delta.data)
+        row = _DELTA_HEAD.pack(origin, delta.seq, delta.checksum) + delta.data
+        txn.put("deltas", _U32.pack(doc) + _U64.pack(pos), row)
         txn.put("index", _INDEX.pack(doc, origin, delta.seq), _U64.pack(pos))
         self._next_pos[doc] = pos + 1
         vv[origin] = delta.seq
@@ -285,7 +286,7 @@ class DeltaLog:
     def unsynced(self, txn: Txn, remote: str) -> int:
         """Deltas held here, of any origin, not covered by ``remote``'s watermark."""
         total = 0
-        for key, raw in txn.scan("documents", b"i", b"j"):
+        for _, raw in txn.scan("documents", b"i", b"j"):
             document = raw.decode()
             mark = self.watermark(txn, remote, document)
             for origin, held in self.version_vector(txn, document).items():

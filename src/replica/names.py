@@ -30,11 +30,7 @@ def check_document_name(name: object) -> str:
 
 def check_replica_id(replica_id: object) -> str:
     """Return ``replica_id`` if valid, else raise ``ValueError``."""
-    if (
-        not isinstance(replica_id, str)
-        or len(replica_id) > MAX_REPLICA_ID
-        or not _REPLICA_ID.fullmatch(replica_id)
-    ):
+    if not isinstance(replica_id, str) or len(replica_id) > MAX_REPLICA_ID or not _REPLICA_ID.fullmatch(replica_id):
         raise ValueError(f"invalid replica id {replica_id!r}: {REPLICA_ID_RULE}")
     return replica_id
 

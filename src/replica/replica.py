@@ -59,7 +59,9 @@ class Replica:
     Open with :meth:`open` (a data directory, LMDB) or :meth:`in_memory`.
     """
 
-    def __init__(self, store: Store, *, replica_id: str | None = None, max_delta_bytes: int = deltas.MAX_DELTA_BYTES) -> None:
+    def __init__(
+        self, store: Store, *, replica_id: str | None = None, max_delta_bytes: int = deltas.MAX_DELTA_BYTES
+    ) -> None:
         """Use :meth:`open` or :meth:`in_memory` rather than this."""
         self._log = DeltaLog(store)
         self._documents: dict[str, Document] = {}
@@ -93,9 +95,7 @@ class Replica:
         return stored
 
     @classmethod
-    def open(
-        cls, path: str | os.PathLike[str], *, replica_id: str | None = None, **options: int
-    ) -> Replica:
+    def open(cls, path: str | os.PathLike[str], *, replica_id: str | None = None, **options: int) -> Replica:
         """Open (or create) the replica whose data directory is ``path``.
 
         ``replica_id`` is used when the directory is created (a random one
@@ -276,8 +276,10 @@ class Replica:
         held = self._log.held_seq(txn, item.document, item.origin)
         if item.seq <= held:
             if self._log.checksum_of(txn, item.document, item.origin, item.seq) != item.checksum:
-                raise reject(errors.REJECT_CLASH, "another delta with this origin and seq is already held; "
-                             "two devices are using the same replica id")
+                raise reject(
+                    errors.REJECT_CLASH,
+                    "another delta with this origin and seq is already held; two devices are using the same replica id",
+                )
             return False
         if item.origin == self.id:
             raise reject(errors.REJECT_CLASH, "this replica never made it; another device is using this replica's id")

@@ -65,15 +65,13 @@ def _ext_hook(code: int, data: bytes) -> object:
 
 def encode(value: Value) -> bytes:
     """Encode one checked value. Call :func:`check` first."""
-    return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
+    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
+    return packed
 
 
 def decode(data: bytes | bytearray) -> Value:
     """Decode bytes made by :func:`encode`; ``ValueError`` if they are not."""
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_ext_hook, use_list=True
-        )
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_ext_hook, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"not an encoded record value: {exc}") from exc
-

@@ -144,6 +144,5 @@ class LmdbStore(Store):
         os.close(self._lock_fd)
 
 
-
 class _MapFull(StoreFailure):
     """The map filled up; the store grows it once the transaction is gone."""

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from replica import delta, errors
+from replica.delta import Delta
+
+
+def good(data: bytes = b"\x01\x01\x02\x00\x00") -> Delta:
+    return delta.make("doc", "dev-a", 1, data)
+
+
+def test_checksum_is_stable_and_short() -> None:
+    assert delta.checksum(b"abc") == delta.checksum(b"abc")
+    assert len(delta.checksum(b"abc")) == delta.CHECKSUM_SIZE
+    assert delta.checksum(b"abc") != delta.checksum(b"abd")
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [(b"\x00", 0), (b"\x7f", 127), (b"\x80\x01", 128), (b"\xff\xff\xff\xff\x01", 2**29 - 1)]
+)
+def test_leading_varint(raw: bytes, value: int) -> None:
+    assert delta.leading_varint(raw + b"rest") == value
+
+
+def test_unterminated_varint() -> None:
+    assert delta.leading_varint(b"\x80\x80") is None
+    assert delta.leading_varint(b"") is None
+
+
+def test_precheck_accepts_a_good_delta() -> None:
+    delta.precheck(good())
+
+
+def reason(item: Delta, **kwargs: int) -> str:
+    with pytest.raises(errors.DeltaRejected) as info:
+        delta.precheck(item, **kwargs)
+    assert info.value.document == str(item.document)
+    return info.value.reason
+
+
+def test_precheck_refuses_wrong_checksum() -> None:
+    assert reason(dataclasses.replace(good(), checksum=b"\x00" * 8)) == errors.REJECT_CHECKSUM
+
+
+def test_precheck_refuses_too_large() -> None:
+    assert reason(good(b"\x00\x00" + b"x" * 100), max_bytes=50) == errors.REJECT_TOO_LARGE
+
+
+def test_precheck_refuses_the_varint_bomb() -> None:
+    bomb = b"\x80\x80\x80\x80\x01"  # leading varint 2**28 in a 5-byte update
+    assert reason(delta.make("doc", "dev-a", 1, bomb)) == errors.REJECT_MALFORMED
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x80"])
+def test_precheck_refuses_headless_bytes(data: bytes) -> None:
+    assert reason(delta.make("doc", "dev-a", 1, data)) == errors.REJECT_MALFORMED
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seq": 0}, {"seq": -1}, {"seq": 2**63}, {"seq": "1"}, {"data": "text"}, {"origin": 5}, {"checksum": "x"}],
+)
+def test_precheck_refuses_wrong_types(change: dict[str, object]) -> None:
+    assert reason(dataclasses.replace(good(), **change)) == errors.REJECT_INVALID  # type: ignore[arg-type]
+
+
+def test_rejection_names_document_origin_and_seq() -> None:
+    exc = errors.DeltaRejected(errors.REJECT_GAP, "gap", document="d", origin="o", seq=4)
+    assert "'d'" in str(exc) and "o#4" in str(exc)
+    assert exc.code == errors.REJECT_GAP and exc.retryable
+    assert not errors.DeltaRejected(errors.REJECT_CLASH, "x", document="d", origin="o", seq=1).retryable

@@ -1,0 +1,134 @@
+"""The delta log against a plain in-memory model (hypothesis stateful test)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from replica import delta
+from replica.delta import Delta
+from replica.log import DeltaLog
+from replica.store import Store
+from replica.store.lmdb import LmdbStore
+from replica.store.memory import MemoryStore
+
+DOCS = st.sampled_from(["a", "b/c", "campaign-7/households"])
+ORIGINS = st.sampled_from(["dev-a", "dev-b", "relay", "r0"])
+REMOTES = st.sampled_from(["relay", "peer-1"])
+
+
+class LogMachine(RuleBasedStateMachine):
+    """Appends, watermarks and reopens, checked against dicts and lists."""
+
+    backend = "lmdb"
+
+    @initialize()
+    def open(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="replica-log-"))
+        self.store: Store = self._new_store()
+        self.log = DeltaLog(self.store)
+        self.model: dict[str, list[Delta]] = {}  # document -> deltas in append order
+        self.marks: dict[tuple[str, str], dict[str, int]] = {}
+
+    def _new_store(self) -> Store:
+        return LmdbStore(self.dir) if self.backend == "lmdb" else MemoryStore()
+
+    def teardown(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def held(self, document: str) -> dict[str, int]:
+        vv: dict[str, int] = {}
+        for item in self.model.get(document, []):
+            vv[item.origin] = item.seq
+        return vv
+
+    @rule(document=DOCS, origin=ORIGINS, data=st.binary(min_size=2, max_size=40))
+    def append(self, document: str, origin: str, data: bytes) -> None:
+        seq = self.held(document).get(origin, 0) + 1
+        note(f"append {document} {origin}#{seq}")
+        item = delta.make(document, origin, seq, data)
+        with self.log.write() as txn:
+            self.log.append(txn, item)
+        self.model.setdefault(document, []).append(item)
+
+    @rule(document=DOCS, origin=ORIGINS, skip=st.integers(min_value=2, max_value=5))
+    def append_out_of_order_is_refused(self, document: str, origin: str, skip: int) -> None:
+        seq = self.held(document).get(origin, 0) + skip
+        with pytest.raises(ValueError), self.log.write() as txn:
+            self.log.append(txn, delta.make(document, origin, seq, b"\x00\x00"))
+
+    @rule(document=DOCS, origin=ORIGINS, data=st.binary(min_size=2, max_size=10))
+    def failed_batch_leaves_nothing(self, document: str, origin: str, data: bytes) -> None:
+        seq = self.held(document).get(origin, 0) + 1
+        with pytest.raises(RuntimeError), self.log.write() as txn:
+            self.log.append(txn, delta.make(document, origin, seq, data))
+            raise RuntimeError("abort")
+
+    @rule(remote=REMOTES, document=DOCS, data=st.data())
+    def acknowledge(self, remote: str, document: str, data: st.DataObject) -> None:
+        vv = {o: data.draw(st.integers(0, seq)) for o, seq in self.held(document).items()}
+        note(f"{remote} acknowledges {document} {vv}")
+        with self.log.write() as txn:
+            self.log.set_watermark(txn, remote, document, vv)
+        mark = self.marks.setdefault((remote, document), {})
+        for origin, seq in vv.items():
+            mark[origin] = max(mark.get(origin, 0), seq)
+
+    @precondition(lambda self: self.backend == "lmdb")
+    @rule()
+    def reopen(self) -> None:
+        note("reopen")
+        self.store.close()
+        self.store = self._new_store()
+        self.log = DeltaLog(self.store)
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        with self.log.read() as txn:
+            assert self.log.documents(txn) == sorted(self.model)
+            for document, items in self.model.items():
+                assert self.log.version_vector(txn, document) == self.held(document)
+                assert list(self.log.deltas(txn, document)) == items
+                assert list(self.log.payloads(txn, document)) == [i.data for i in items]
+                last = items[-1]
+                assert self.log.get(txn, document, last.origin, last.seq) == last
+                assert self.log.checksum_of(txn, document, last.origin, last.seq) == last.checksum
+                for remote in ("relay", "peer-1"):
+                    mark = self.marks.get((remote, document), {})
+                    assert self.log.watermark(txn, remote, document) == {o: s for o, s in mark.items() if s}
+                    expected = [i for i in items if i.seq > mark.get(i.origin, 0)]
+                    assert self.log.missing(txn, document, mark) == expected
+            for remote in ("relay", "peer-1"):
+                expected_unsynced = sum(
+                    1
+                    for document, items in self.model.items()
+                    for i in items
+                    if i.seq > self.marks.get((remote, document), {}).get(i.origin, 0)
+                )
+                assert self.log.unsynced(txn, remote) == expected_unsynced
+
+
+class MemoryLogMachine(LogMachine):
+    backend = "memory"
+
+
+TestLogOnLmdb = LogMachine.TestCase
+TestLogInMemory = MemoryLogMachine.TestCase
+
+
+def test_missing_skips_unknown_documents(tmp_path: Path) -> None:
+    log = DeltaLog(LmdbStore(tmp_path))
+    with log.read() as txn:
+        assert log.missing(txn, "nope", {}) == []
+        assert log.version_vector(txn, "nope") == {}
+        assert log.get(txn, "nope", "x", 1) is None
+        assert list(log.deltas(txn, "nope")) == []
+    log.store.close()
