@@ -12,7 +12,7 @@ so that keys stay short. Tables (see ``replica.store``)::
     deltas      doc + pos                              -> origin + seq + checksum + bytes
     index       doc + origin + seq                     -> pos
     watermarks  remote + 0x00 + doc                    -> msgpack {origin id: seq}
-    rejected    remote + 0x00 + doc + origin + seq     -> msgpack [code, message]
+    rejected    remote + 0x00 + doc + origin           -> msgpack [from seq, code, message]
 
 ``pos`` numbers a document's deltas in the order this replica applied them.
 Replaying a document in ``pos`` order is therefore always causally valid (each
@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 import msgpack
 
@@ -46,6 +47,7 @@ _U64 = struct.Struct(">Q")
 _INDEX = struct.Struct(">IIQ")  # doc, origin, seq
 _DELTA_HEAD = struct.Struct(f">IQ{CHECKSUM_SIZE}s")  # origin, seq, checksum
 _HEAD = _DELTA_HEAD.size
+_ALL = 0xFFFFFFFF  # origin number of a whole-document rejection
 
 VersionVector = dict[str, int]
 
@@ -283,12 +285,82 @@ class DeltaLog:
                 merged[origin] = seq
         txn.put("watermarks", self._watermark_key(remote, doc), msgpack.packb(merged))
 
-    def unsynced(self, txn: Txn, remote: str) -> int:
-        """Deltas held here, of any origin, not covered by ``remote``'s watermark."""
-        total = 0
+    # -- rejections ----------------------------------------------------------
+
+    def _rejection_key(self, txn: Txn, remote: str, document: str, origin: str | None) -> bytes:
+        doc = self._doc(txn, document, create=True)
+        number = _ALL if origin is None else self._origin(txn, origin, create=True)
+        assert doc is not None and number is not None
+        return remote.encode() + b"\x00" + _U32.pack(doc) + _U32.pack(number)
+
+    def set_rejection(self, txn: Txn, remote: str, rejection: Rejection) -> None:
+        """Record that ``remote`` refuses, for good, ``rejection.origin``'s
+        deltas of a document from ``rejection.seq`` on (every origin's, from
+        its watermark on, if ``origin`` is None)."""
+        key = self._rejection_key(txn, remote, rejection.document, rejection.origin)
+        old = txn.get("rejected", key)
+        if old is not None and rejection.origin is not None and msgpack.unpackb(old)[0] <= rejection.seq:
+            return
+        txn.put("rejected", key, msgpack.packb([rejection.seq, rejection.code, rejection.message]))
+
+    def clear_rejection(self, txn: Txn, remote: str, document: str) -> None:
+        """Forget a whole-document refusal (the remote now accepts it)."""
+        if self._doc(txn, document) is not None:
+            txn.delete("rejected", self._rejection_key(txn, remote, document, None))
+
+    def rejections(self, txn: Txn, remote: str) -> list[Rejection]:
+        """Every refusal recorded for ``remote``."""
+        prefix = remote.encode() + b"\x00"
+        out = []
+        for key, raw in txn.scan("rejected", prefix, prefix_end(prefix)):
+            doc, number = struct.unpack(">II", key[len(prefix) :])
+            seq, code, message = msgpack.unpackb(raw)
+            name = self._doc_name(txn, doc)
+            out.append(Rejection(name, None if number == _ALL else self._origin_name(txn, number), seq, code, message))
+        return out
+
+    def _doc_name(self, txn: Txn, number: int) -> str:
+        name = self._doc_names.get(number)
+        if name is None:
+            raw = txn.get("documents", b"i" + _U32.pack(number))
+            if raw is None:
+                raise LookupError(f"document #{number} missing from the log")
+            name = raw.decode()
+        return name
+
+    def sync_counts(self, txn: Txn, remote: str) -> tuple[int, int]:
+        """``(unsynced, rejected)`` toward ``remote``: deltas held here, of any
+        origin, not covered by its watermark, split by whether it refused them."""
+        blocked: dict[tuple[str, str | None], int] = {
+            (r.document, r.origin): r.seq for r in self.rejections(txn, remote)
+        }
+        unsynced = rejected = 0
         for _, raw in txn.scan("documents", b"i", b"j"):
             document = raw.decode()
             mark = self.watermark(txn, remote, document)
+            whole = (document, None) in blocked
             for origin, held in self.version_vector(txn, document).items():
-                total += max(0, held - mark.get(origin, 0))
-        return total
+                acked = mark.get(origin, 0)
+                missing = max(0, held - acked)
+                cut = blocked.get((document, origin))
+                refused = missing if whole else 0 if cut is None else max(0, held - max(acked, cut - 1))
+                unsynced += missing - refused
+                rejected += refused
+        return unsynced, rejected
+
+    def unsynced(self, txn: Txn, remote: str) -> int:
+        """Deltas held here, of any origin, not covered by ``remote``'s
+        watermark and not refused by it."""
+        return self.sync_counts(txn, remote)[0]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A remote's lasting refusal of deltas of ``document``: of ``origin``
+    from ``seq`` on, or of the whole document when ``origin`` is None."""
+
+    document: str
+    origin: str | None
+    seq: int
+    code: str
+    message: str

@@ -18,27 +18,28 @@ A replica is not thread-safe: use it from one thread (or one asyncio loop).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from replica import delta as deltas
 from replica import errors
 from replica.delta import Delta
 from replica.doc import Document, UpdateFailed
-from replica.log import DeltaLog, VersionVector
+from replica.log import DeltaLog, Rejection, VersionVector
 from replica.names import check_document_name, check_replica_id, new_replica_id
-from replica.status import SyncState, SyncStatus
+from replica.session import RELAY
+from replica.status import Progress, Rejected, SyncState, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
 
 log = logging.getLogger("replica.replica")
 
-#: The remote name under which the relay's watermarks are kept.
-RELAY = "relay"
 FORMAT = "1"
 
 
@@ -67,6 +68,14 @@ class Replica:
         self._documents: dict[str, Document] = {}
         self._closed = False
         self.max_delta_bytes = max_delta_bytes
+        self._touched: set[str] = set()
+        self._status_dirty = False
+        self._change_listeners: list[Callable[[str], None]] = []
+        self._status_listeners: list[Callable[[SyncStatus], None]] = []
+        self._run_state = SyncState.IDLE
+        self._run_progress = Progress()
+        self._run_error: errors.ErrorInfo | None = None
+        self._sync_task: asyncio.Task[SyncStatus] | None = None
         try:
             with self._log.write() as txn:
                 self.id = self._init_meta(txn, replica_id)
@@ -122,9 +131,16 @@ class Replica:
             return
         if self._log.store.in_write:
             raise RuntimeError("close() inside replica.batch()")
+        if self._sync_task is not None and not self._sync_task.done():
+            self._sync_task.cancel()
         self._closed = True
         self._documents.clear()
         self._log.store.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> Replica:
         return self
@@ -174,12 +190,148 @@ class Replica:
         if failure is not None:
             raise failure
 
+    # -- syncing with a relay ------------------------------------------------
+
+    async def sync(
+        self, url: str, *, credential: str | None = None, live: bool = False, timeout: float = 30.0
+    ) -> SyncStatus:
+        """Sync with the relay at ``url`` and return the final status.
+
+        Once (default): one run, ending ``SYNCED`` (everything unsynced at the
+        start is durably on the relay, and everything the relay held is here)
+        or ``FAILED`` (with an error saying whether retrying can help). Live:
+        stay connected, push each new delta at once, receive others', and
+        reconnect after drops, until cancelled or a non-retryable error.
+        A call while a sync runs joins it. ``credential``: the token issued
+        by the relay (the last one used is remembered).
+        """
+        task = self._sync_task
+        if task is None or task.done():
+            task = self._start_sync(url, credential=credential, live=live, timeout=timeout)
+        return await asyncio.shield(task)
+
+    def sync_blocking(self, url: str, **options: Any) -> SyncStatus:
+        """:meth:`sync` for code without an event loop."""
+        return asyncio.run(self.sync(url, **options))
+
+    def _start_sync(self, url: str, *, credential: str | None, live: bool, timeout: float) -> asyncio.Task[SyncStatus]:
+        from replica import net
+
+        self._check_open()
+        if credential is not None:
+            with self._writing() as txn:
+                self._log.set_meta(txn, "credential", credential)
+        else:
+            with self._log.read() as txn:
+                credential = self._log.get_meta(txn, "credential")
+        self._run_state = SyncState.SYNCING
+        self._run_error = None
+        runner = net.sync_live if live else net.sync_once
+        self._sync_task = asyncio.get_running_loop().create_task(
+            runner(self, url, credential=credential, timeout=timeout)
+        )
+        return self._sync_task
+
+    async def statuses(self) -> AsyncIterator[SyncStatus]:
+        """Every status change, as an async iterator (starting with the current one)."""
+        queue: asyncio.Queue[SyncStatus] = asyncio.Queue()
+        unsubscribe = self.subscribe(queue.put_nowait)
+        try:
+            yield self.status()
+            while True:
+                yield await queue.get()
+        finally:
+            unsubscribe()
+
     def status(self) -> SyncStatus:
-        """A snapshot of the sync status, derived from the log."""
+        """A snapshot of the sync status toward the relay. ``unsynced`` and
+        ``rejected`` are derived from the log and the relay's durable
+        watermark and refusals each time."""
         self._check_open()
         with self._log.read() as txn:
-            unsynced = self._log.unsynced(txn, RELAY)
-        return SyncStatus(state=SyncState.IDLE, unsynced=unsynced)
+            unsynced, rejected = self._log.sync_counts(txn, RELAY)
+            refusals = self._log.rejections(txn, RELAY)
+            last = self._log.get_meta(txn, "last_synced_at")
+            rejections = tuple(
+                Rejected(r.document, r.origin, self._refused_count(txn, r), r.code, r.message) for r in refusals
+            )
+        return SyncStatus(
+            state=self._run_state,
+            unsynced=unsynced,
+            rejected=rejected,
+            progress=self._run_progress,
+            last_synced_at=None if last is None else float(last),
+            error=self._run_error,
+            rejections=rejections,
+        )
+
+    def _refused_count(self, txn: Txn, refusal: Rejection) -> int:
+        held = self._log.version_vector(txn, refusal.document)
+        mark = self._log.watermark(txn, RELAY, refusal.document)
+        if refusal.origin is None:
+            return sum(max(0, seq - mark.get(origin, 0)) for origin, seq in held.items())
+        top = held.get(refusal.origin, 0)
+        return max(0, top - max(mark.get(refusal.origin, 0), refusal.seq - 1))
+
+    def subscribe(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
+        """Call ``callback`` with a new :class:`SyncStatus` on every change
+        (sync state, progress, new deltas, acknowledgements). Returns a
+        function that unsubscribes."""
+        self._status_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._status_listeners:
+                self._status_listeners.remove(callback)
+
+        return unsubscribe
+
+    def _publish(self) -> None:
+        if not self._status_listeners or self._closed:
+            return
+        snapshot = self.status()
+        for callback in list(self._status_listeners):
+            try:
+                callback(snapshot)
+            except Exception:
+                log.exception("a status subscriber failed; it stays subscribed")
+
+    def _set_run(
+        self,
+        state: SyncState | None = None,
+        *,
+        progress: Progress | None = None,
+        error: errors.ErrorInfo | None = None,
+        synced_at: float | None = None,
+    ) -> None:
+        """Record the state of the running sync (for the sync machinery)."""
+        if state is not None:
+            self._run_state = state
+            self._run_error = error
+        if progress is not None:
+            self._run_progress = progress
+        if synced_at is not None:
+            with self._writing() as txn:
+                self._log.set_meta(txn, "last_synced_at", repr(synced_at))
+        self._publish()
+
+    def on_change(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(document)`` after each commit that added deltas to
+        ``document`` (local or ingested). Returns a function that unsubscribes."""
+        self._change_listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._change_listeners:
+                self._change_listeners.remove(callback)
+
+        return unsubscribe
+
+    def _notify_changes(self) -> None:
+        touched, self._touched = self._touched, set()
+        self._status_dirty = False
+        for document in sorted(touched):
+            for callback in list(self._change_listeners):
+                callback(document)
+        self._publish()
 
     # -- writes --------------------------------------------------------------
 
@@ -198,10 +350,14 @@ class Replica:
                 yield txn
         except BaseException as exc:
             if outermost:
+                self._touched.clear()
+                self._status_dirty = False
                 self._reload()
             if isinstance(exc, StoreFailure):
                 raise _storage_error(exc) from exc
             raise
+        if outermost and (self._touched or self._status_dirty):
+            self._notify_changes()
 
     def _reload(self) -> None:
         with self._log.read() as txn:
@@ -222,6 +378,7 @@ class Replica:
     def _append_local(self, txn: Txn, document: Document, update: bytes) -> None:
         seq = self._log.held_seq(txn, document.name, self.id) + 1
         self._log.append(txn, deltas.make(document.name, self.id, seq, update))
+        self._touched.add(document.name)
 
     # -- exchange with other replicas (sans-I/O) -----------------------------
 
@@ -292,7 +449,40 @@ class Replica:
             document.rebuild(self._log.payloads(txn, item.document))
             raise reject(errors.REJECT_MALFORMED, f"not a valid Yjs update ({exc})") from exc
         self._log.append(txn, item)
+        self._touched.add(item.document)
         return True
+
+    # -- what remotes hold and refuse (for the sync machinery) ---------------
+
+    def acknowledge(self, remote: str, document: str, vv: Mapping[str, int]) -> None:
+        """Record that ``remote`` durably holds ``vv`` of ``document``."""
+        with self._writing() as txn:
+            self._log.set_watermark(txn, remote, document, vv)
+            self._status_dirty = True
+
+    def watermark(self, remote: str, document: str) -> VersionVector:
+        """What ``remote`` has durably acknowledged of ``document``."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.watermark(txn, remote, document)
+
+    def record_rejection(self, remote: str, rejection: Rejection) -> None:
+        """Record a lasting refusal by ``remote`` (kept, counted, shown)."""
+        with self._writing() as txn:
+            self._log.set_rejection(txn, remote, rejection)
+            self._status_dirty = True
+
+    def clear_rejection(self, remote: str, document: str) -> None:
+        """``remote`` accepts ``document`` again: forget its refusal of it."""
+        with self._writing() as txn:
+            self._log.clear_rejection(txn, remote, document)
+            self._status_dirty = True
+
+    def rejections(self, remote: str = RELAY) -> list[Rejection]:
+        """Lasting refusals recorded for ``remote``."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.rejections(txn, remote)
 
 
 def _storage_error(exc: StoreFailure) -> errors.StorageError:

@@ -48,6 +48,7 @@ class SyncStatus:
     progress: Progress = Progress()
     last_synced_at: float | None = None
     error: ErrorInfo | None = None
+    rejections: tuple[Rejected, ...] = ()
 
     @property
     def label(self) -> str:
@@ -60,3 +61,27 @@ class SyncStatus:
         if self.state is SyncState.SYNCED and self.unsynced == 0:
             return "Data Synced"
         return f"Data unsynced: {self.unsynced}"
+
+    @property
+    def lines(self) -> list[str]:
+        """What a home screen card shows, one line each."""
+        out = [self.label]
+        if self.state is SyncState.SYNCING and (self.progress.to_send or self.progress.to_receive):
+            p = self.progress
+            out.append(f"sent {p.sent}/{p.to_send}, received {p.received}/{p.to_receive}")
+        if self.state is not SyncState.SYNCED and self.label != f"Data unsynced: {self.unsynced}":
+            out.append(f"Data unsynced: {self.unsynced}")
+        for item in self.rejections:
+            out.append(f"Refused by the relay: {item.count} changes to {item.document} ({item.message})")
+        return out
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Deltas the relay refused for good, with its reason."""
+
+    document: str
+    origin: str | None  #: None: the whole document was refused
+    count: int
+    code: str
+    message: str

@@ -1,0 +1,275 @@
+"""The asyncio edge: websockets links, group commits, one-shot and live syncs.
+
+Everything that decides lives in the sans-I/O session (``replica.session``)
+and in :func:`replica.sync.settle`; this module only moves bytes and time:
+
+- :class:`Hub` settles the sessions of all its links in one commit per
+  event-loop turn (group commit), then wakes their writers;
+- :class:`Link` runs one websocket: a reader feeding the session and a writer
+  draining it;
+- :func:`sync_once` and :func:`sync_live` are the device side of
+  ``Replica.sync``; live syncs reconnect with capped exponential backoff and
+  jitter, and stop on errors that retrying cannot fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from replica import wire
+from replica.errors import ErrorInfo
+from replica.replica import Replica
+from replica.session import Closed, Completed, Event, Limits, Session
+from replica.status import Progress, SyncState, SyncStatus
+from replica.sync import settle
+
+log = logging.getLogger("replica.net")
+
+#: websockets refuses bigger messages outright (close 1009); frames between
+#: the protocol limit and this get a proper ``error`` frame.
+WS_MAX_SIZE = 2 * wire.MAX_FRAME_BYTES
+DEFAULT_TIMEOUT = 30.0
+
+EventHandler = Callable[[Session, Event], None]
+
+
+class Hub:
+    """Settles the sessions of many links together (group commit)."""
+
+    def __init__(self, replica: Replica, on_event: EventHandler) -> None:
+        self.replica = replica
+        self._on_event = on_event
+        self._dirty: dict[int, Link] = {}
+        self._scheduled = False
+
+    def kick(self, link: Link) -> None:
+        """``link``'s session has news; settle it on the next loop turn,
+        together with every other link that has news by then."""
+        self._dirty[id(link)] = link
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Settle every link with news now, in one commit."""
+        self._scheduled = False
+        links, self._dirty = list(self._dirty.values()), {}
+        if not links or self.replica.closed:
+            return
+        try:
+            others = settle(self.replica, [link.session for link in links])
+        except Exception as exc:  # a storage failure: every link of this turn fails, retryably
+            log.exception("could not store what the links received")
+            for link in links:
+                link.session.fail("storage_error", f"the receiver could not store the deltas: {exc}", True)
+            others = [(link.session, event) for link in links for event in link.session.events()]
+        for session, event in others:
+            self._on_event(session, event)
+        for link in links:
+            link.wake()
+
+
+class Link:
+    """One websocket connection carrying one session."""
+
+    def __init__(self, ws: Any, session: Session, hub: Hub, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.ws = ws
+        self.session = session
+        self.hub = hub
+        self.timeout = timeout
+        self._wake = asyncio.Event()
+        self._stop = False
+
+    def wake(self) -> None:
+        """The session may have frames to send."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish sending what is queued, then close."""
+        self._stop = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Read until the session or the connection ends; flush and close."""
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            while not self.session.closed:
+                try:
+                    message = await asyncio.wait_for(self.ws.recv(), self.timeout)
+                except TimeoutError:
+                    self.session.fail("timeout", f"nothing heard from the other side for {self.timeout} s", True)
+                    break
+                self.session.receive(message, time.time())
+                self.hub.kick(self)
+        except ConnectionClosed as exc:
+            if not self._stop:
+                self.session.connection_lost(_closed_reason(exc))
+        finally:
+            self.hub.kick(self)
+            self.hub.flush()
+            self.stop()
+            try:
+                await asyncio.wait_for(writer, self.timeout or DEFAULT_TIMEOUT)
+            except (TimeoutError, ConnectionClosed):
+                writer.cancel()
+            await self.ws.close(1000 if self.session.error is None else 1008)
+
+    async def _write_loop(self) -> None:
+        """Send what the session queues; after :meth:`stop` (or when the
+        session closed), send the rest and close the connection, which also
+        ends the reader."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for frame in self.session.data_to_send(time.time()):
+                await self.ws.send(frame)
+            if self._stop or self.session.closed:
+                await self.ws.close(1000 if self.session.error is None else 1008)
+                return
+
+
+def _closed_reason(exc: ConnectionClosed) -> str:
+    received = exc.rcvd
+    if received is not None and received.reason:
+        return f"the connection was closed: {received.reason}"
+    return "the connection was lost"
+
+
+# -- device side -------------------------------------------------------------
+
+
+class _Run:
+    """Drives one device-side session and reports it into the replica's status."""
+
+    def __init__(self, replica: Replica, session: Session) -> None:
+        self.replica = replica
+        self.session = session
+        self.link: Link | None = None
+        self.decided = False
+
+    def progress(self) -> Progress:
+        s = self.session
+        return Progress(sent=s.sent, to_send=s.to_send, received=s.received, to_receive=s.to_receive)
+
+    def on_event(self, session: Session, event: Event) -> None:
+        if isinstance(event, Completed):
+            self.decided = True
+            self.replica._set_run(SyncState.SYNCED, progress=self.progress(), synced_at=time.time())
+            if session.mode == "once" and self.link is not None:
+                self.link.stop()
+        elif isinstance(event, Closed):
+            self.fail(event.error or ErrorInfo("connection_lost", "the connection closed before the end", True))
+        else:
+            self.replica._set_run(progress=self.progress())
+
+    def fail(self, error: ErrorInfo) -> None:
+        if not self.decided or self.session.mode == "live":
+            self.decided = True
+            self.replica._set_run(SyncState.FAILED, progress=self.progress(), error=error)
+
+    def local_changed(self, document: str) -> None:
+        self.session.local_changed(document, time.time())
+        if self.link is not None:
+            self.link.wake()
+
+
+async def run_link(
+    replica: Replica,
+    url: str,
+    *,
+    credential: str | None,
+    mode: str,
+    timeout: float,
+    limits: Limits | None = None,
+) -> Session:
+    """Run one device session over one connection and return it (its
+    ``error`` is None if it ended cleanly). Once: returns when the run
+    completed or failed. Live: returns when the connection ends."""
+    session = Session(replica, role="device", initiator=True, mode=mode, credential=credential, limits=limits)
+    run = _Run(replica, session)
+    hub = Hub(replica, run.on_event)
+    try:
+        async with connect(url, max_size=WS_MAX_SIZE, open_timeout=timeout, compression=None) as ws:
+            run.link = Link(ws, session, hub, timeout=timeout)
+            unsubscribe = replica.on_change(run.local_changed)
+            try:
+                session.start(time.time())
+                run.link.wake()
+                await run.link.run()
+            finally:
+                unsubscribe()
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+        session.connection_lost()
+        run.fail(_connect_error(url, exc))
+    if not run.decided:
+        run.fail(session.error or ErrorInfo("connection_lost", "the connection closed before the end", True))
+    return session
+
+
+def _connect_error(url: str, exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, InvalidURI):
+        return ErrorInfo("bad_url", f"{url!r} is not a websocket URL (ws://host:port)", False)
+    if isinstance(exc, TimeoutError):
+        return ErrorInfo("timeout", f"the relay at {url} did not answer in time; check the network", True)
+    if isinstance(exc, ConnectionRefusedError):
+        return ErrorInfo("relay_unreachable", f"the relay at {url} refused the connection; is it running?", True)
+    if isinstance(exc, InvalidHandshake):
+        return ErrorInfo("relay_unreachable", f"{url} did not accept a websocket connection ({exc})", True)
+    return ErrorInfo("relay_unreachable", f"cannot reach the relay at {url}: {exc}", True)
+
+
+async def sync_once(
+    replica: Replica,
+    url: str,
+    *,
+    credential: str | None,
+    timeout: float = DEFAULT_TIMEOUT,
+    limits: Limits | None = None,
+) -> SyncStatus:
+    """One sync run; returns the final status (``SYNCED`` or ``FAILED``)."""
+    replica._set_run(SyncState.SYNCING, progress=Progress())
+    await run_link(replica, url, credential=credential, mode="once", timeout=timeout, limits=limits)
+    return replica.status()
+
+
+def backoff(
+    initial: float = 0.5, factor: float = 2.0, cap: float = 60.0, *, rng: random.Random | None = None
+) -> Iterator[float]:
+    """Retry delays: capped exponential with full jitter."""
+    chooser = rng or random.Random()
+    delay = initial
+    while True:
+        yield chooser.uniform(0, delay)
+        delay = min(delay * factor, cap)
+
+
+async def sync_live(
+    replica: Replica,
+    url: str,
+    *,
+    credential: str | None,
+    timeout: float = DEFAULT_TIMEOUT,
+    limits: Limits | None = None,
+    max_delay: float = 60.0,
+) -> SyncStatus:
+    """Stay connected and stream deltas both ways until cancelled, or until
+    an error that retrying cannot fix; reconnect after drops."""
+    delays = backoff(cap=max_delay)
+    while True:
+        replica._set_run(SyncState.SYNCING, progress=Progress())
+        session = await run_link(replica, url, credential=credential, mode="live", timeout=timeout, limits=limits)
+        if session.error is not None and not session.error.retryable:
+            return replica.status()
+        if session.completed:  # it had caught up: this is a fresh drop, start the delays over
+            delays = backoff(cap=max_delay)
+        pause = next(delays)
+        log.info("live sync to %s ended (%s); reconnecting in %.1f s", url, session.error, pause)
+        await asyncio.sleep(pause)

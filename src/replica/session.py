@@ -1,0 +1,549 @@
+"""The sans-I/O sync session: one link between two replicas.
+
+Theory of operation
+-------------------
+A :class:`Session` is fed frames (bytes) and returns frames to send and events;
+it has no socket and no clock (the caller passes ``now`` in). The same class
+serves both ends of a link and every role (device, relay, peer): the side that
+connects is the *initiator* and sends ``hello``; the other, the *acceptor*,
+authorizes it and answers ``welcome``. From then on both sides are symmetric::
+
+    initiator                         acceptor
+    hello(id, credential, VVs)  -->
+                                <--   welcome(id, VVs, denied documents)
+    deltas(doc, batch)          -->   (stored, then) <-- ack(doc, VV after commit)
+    ack(doc, VV after commit)   <--   deltas(doc, batch)
+    done                        -->
+                                <--   done
+    (once: initiator closes when complete; live: stays open, streams new deltas)
+
+Each side sends, per document, what the other lacks according to the version
+vectors exchanged in the handshake, in the order its log applied them (each
+origin's seqs in order), in batches whose size adapts to how fast acks come
+back, with at most ``window`` unacknowledged batches in flight. ``done`` means
+"I have sent everything I held when the run started".
+
+The session never writes to the store itself. Incoming batches become
+:class:`Incoming` events; the caller ingests them (a relay groups the batches of
+all its links into one commit) and then calls :meth:`Session.ingested`, which
+queues the ``ack`` carrying the version vector *after* that commit. Acks from
+the other side become :class:`Acknowledged` events, which the caller turns into
+durable watermarks.
+
+A run is complete (:class:`Completed`) when the other side has said ``done``,
+it has acknowledged every delta this side held at the handshake, and this side
+holds everything the other side held then: a condition on version vectors,
+not on counters. Anything malformed from the other side queues an ``error``
+frame, closes the session and emits :class:`Closed`; nothing it sent after
+the fault is stored.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from replica import wire
+from replica.delta import Delta
+from replica.errors import ErrorInfo, ReplicaError
+from replica.wire import VersionVector
+
+if TYPE_CHECKING:
+    from replica.replica import IngestResult, Replica
+
+
+#: The remote name under which a device keeps what its relay holds; peers are
+#: kept under their replica ids.
+RELAY = "relay"
+
+
+def remote_key(remote_id: str, remote_role: str) -> str:
+    """Under which name watermarks and refusals of a remote are kept."""
+    return RELAY if remote_role == "relay" else remote_id
+
+
+# -- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The handshake is done; ``documents`` are the other side's version
+    vectors at that moment."""
+
+    remote_id: str
+    remote_role: str
+    documents: dict[str, VersionVector]
+    to_send: int
+    to_receive: int
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A batch to ingest; answer with :meth:`Session.ingested`."""
+
+    document: str
+    deltas: tuple[Delta, ...]
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """The other side durably holds ``vv`` of ``document``."""
+
+    remote_id: str
+    remote_role: str
+    document: str
+    vv: VersionVector
+    count: int
+
+
+@dataclass(frozen=True)
+class Denied:
+    """The other side refuses ``document`` (for example: out of scope)."""
+
+    document: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The other side refused one of our deltas for good; it and the later
+    deltas of its origin cannot be delivered to that side."""
+
+    document: str
+    origin: str
+    seq: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """Once: the run is complete. Live: caught up with the other side."""
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The session is over; ``error`` is None if it ended cleanly."""
+
+    error: ErrorInfo | None
+
+
+Event = Connected | Incoming | Acknowledged | Denied | Rejected | Completed | Closed
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an acceptor allows a remote that passed authorization."""
+
+    replica_id: str
+    allows: Callable[[str], bool]
+    offer_all: bool = True  # also offer every local document it allows
+
+
+#: Called by an acceptor with the ``hello`` and ``now``; returns a grant or
+#: raises a :class:`~replica.errors.ReplicaError` (code sent to the remote).
+Authorizer = Callable[[wire.Hello, float], Grant]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits one side enforces on what it receives, and its batching."""
+
+    max_frame_bytes: int = wire.MAX_FRAME_BYTES
+    max_batch: int = wire.MAX_BATCH
+    max_documents: int = wire.MAX_DOCUMENTS
+    window: int = 4  # unacknowledged batches in flight
+    min_batch_bytes: int = 8 * 1024
+    start_batch_bytes: int = 64 * 1024
+    max_batch_bytes: int = 2 * 1024 * 1024
+    fast_ack: float = 0.05  # seconds: grow batches when acks are faster
+    slow_ack: float = 0.5  # seconds: shrink batches when acks are slower
+
+
+@dataclass
+class _Doc:
+    remote: VersionVector  # what the other side is known to hold durably
+    queued: VersionVector  # what is queued or sent, or known held there
+    start_local: VersionVector
+    start_remote: VersionVector
+    pending: deque[Delta] = field(default_factory=deque)
+
+
+def covers(big: VersionVector, small: VersionVector) -> bool:
+    """True if ``big`` holds every delta ``small`` does."""
+    return all(big.get(origin, 0) >= seq for origin, seq in small.items())
+
+
+def merge(into: VersionVector, other: VersionVector) -> None:
+    """Raise ``into`` to cover ``other``."""
+    for origin, seq in other.items():
+        if seq > into.get(origin, 0):
+            into[origin] = seq
+
+
+def _vv_of(deltas: Iterable[Delta]) -> VersionVector:
+    vv: VersionVector = {}
+    for item in deltas:
+        if item.seq > vv.get(item.origin, 0):
+            vv[item.origin] = item.seq
+    return vv
+
+
+def count_missing(have: VersionVector, want: VersionVector) -> int:
+    """Deltas in ``want`` that ``have`` lacks (both contiguous)."""
+    return sum(max(0, seq - have.get(origin, 0)) for origin, seq in want.items())
+
+
+class Session:
+    """One end of one sync link. See the module docstring."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        role: str,
+        initiator: bool,
+        mode: str = "once",
+        credential: str | None = None,
+        authorize: Authorizer | None = None,
+        documents: Iterable[str] | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        if role not in wire.ROLES or mode not in wire.MODES:
+            raise ValueError(f"role must be one of {wire.ROLES} and mode one of {wire.MODES}")
+        if not initiator and authorize is None:
+            raise ValueError("an accepting session needs an authorize callable")
+        self.replica = replica
+        self.role = role
+        self.initiator = initiator
+        self.mode = mode
+        self.credential = credential
+        self.limits = limits or Limits()
+        self._authorize = authorize
+        self._wanted = None if documents is None else list(documents)
+        self.state = "idle"  # idle -> handshake -> open -> closed
+        self.remote_id: str | None = None
+        self.remote_role: str | None = None
+        self.error: ErrorInfo | None = None
+        self.completed = False
+        self._grant: Grant | None = None
+        self._docs: dict[str, _Doc] = {}
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._in_flight: deque[tuple[str, int, float]] = deque()  # document, deltas, sent at
+        self._batch_bytes = self.limits.start_batch_bytes
+        self._sent_done = False
+        self._remote_done = False
+        self._turn = 0
+        self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
+        self.sent = self.to_send = self.received = self.to_receive = 0
+
+    # -- the caller's vocabulary ---------------------------------------------
+
+    def start(self, now: float = 0.0) -> None:
+        """Initiator: queue the ``hello``."""
+        if not self.initiator or self.state != "idle":
+            raise RuntimeError("start() is for an idle initiating session")
+        names = self.replica.documents() if self._wanted is None else self._wanted
+        documents = {name: self.replica.version_vector(name) for name in names}
+        self._send(wire.Hello(self.replica.id, self.role, self.credential, documents, mode=self.mode))
+        self.state = "handshake"
+
+    def receive(self, data: bytes, now: float = 0.0) -> None:
+        """Feed one frame received from the other side."""
+        if self.state == "closed":
+            return
+        try:
+            frame = wire.decode(data, max_frame_bytes=self.limits.max_frame_bytes, max_batch=self.limits.max_batch)
+            self._handle(frame, now)
+        except ReplicaError as exc:
+            self.fail(exc.code, exc.message, exc.retryable)
+
+    def ingested(self, event: Incoming, result: IngestResult) -> None:
+        """Report what became of an :class:`Incoming` batch, after its commit."""
+        if self.state == "closed":
+            return
+        rejected = result.rejected
+        if rejected is not None:
+            self._send(
+                wire.Error(
+                    rejected.code,
+                    rejected.message,
+                    rejected.retryable,
+                    rejected.document,
+                    rejected.origin,
+                    rejected.seq,
+                )
+            )
+            self._close(rejected.info())
+            return
+        state = self._docs[event.document]
+        arrived = _vv_of(event.deltas)
+        merge(state.remote, arrived)
+        merge(state.queued, arrived)
+        self.received += len(event.deltas)
+        self._send(wire.Ack(event.document, self.replica.version_vector(event.document)))
+        self._check_complete()
+
+    def local_changed(self, document: str, now: float = 0.0) -> None:
+        """Live mode: new deltas of ``document`` are in the local log."""
+        if self.state != "open" or self.mode != "live":
+            return
+        state = self._docs.get(document)
+        if state is None:
+            if self.initiator and len(self._docs) < self.limits.max_documents:
+                self._docs[document] = _Doc({}, {}, {}, {})
+                self._send(wire.Open(document, self.replica.version_vector(document)))
+            return
+        if self._grant is not None and not self._grant.allows(document):
+            return
+        self._refill(document, count=True)
+        self._pump(now)
+
+    def data_to_send(self, now: float = 0.0) -> list[bytes]:
+        """Frames to write to the other side, in order."""
+        if self.state == "open":
+            self._pump(now)
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        """Events since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    def connection_lost(self, message: str = "the connection was lost") -> None:
+        """The transport closed. Retryable unless the session already ended."""
+        if self.state != "closed":
+            self._close(
+                ErrorInfo("connection_lost", message, True) if not self.completed or self.mode == "live" else None
+            )
+
+    def fail(self, code: str, message: str, retryable: bool) -> None:
+        """Queue an ``error`` frame and close (a fault found by either side)."""
+        if self.state == "closed":
+            return
+        self._send(wire.Error(code, message, retryable))
+        self._close(ErrorInfo(code, message, retryable))
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    @property
+    def documents(self) -> list[str]:
+        """Documents open on this link."""
+        return sorted(self._docs)
+
+    def has_document(self, document: str) -> bool:
+        """True if ``document`` is open on this link."""
+        return document in self._docs
+
+    # -- internals -----------------------------------------------------------
+
+    def _send(self, frame: wire.Frame) -> None:
+        self._out.append(wire.encode(frame))
+
+    def _close(self, error: ErrorInfo | None) -> None:
+        self.state = "closed"
+        self.error = error
+        self._events.append(Closed(error))
+
+    def _handle(self, frame: wire.Frame, now: float) -> None:
+        if isinstance(frame, wire.Error):
+            if frame.document is not None and frame.origin is not None and frame.seq and not frame.retryable:
+                self._events.append(Rejected(frame.document, frame.origin, frame.seq, frame.code, frame.message))
+            self._close(ErrorInfo(frame.code, frame.message, frame.retryable))
+            return
+        if self.state == "idle" and not self.initiator and isinstance(frame, wire.Hello):
+            self._accept(frame, now)
+        elif self.state == "handshake" and isinstance(frame, wire.Welcome):
+            self._welcomed(frame)
+        elif self.state == "open" and isinstance(frame, wire.Deltas):
+            if frame.document not in self._docs:
+                raise ReplicaError(
+                    f"deltas for {frame.document!r}, which is not open on this link", code="document_not_open"
+                )
+            self._events.append(Incoming(frame.document, frame.deltas))
+        elif self.state == "open" and isinstance(frame, wire.Ack):
+            self._acked(frame, now)
+        elif self.state == "open" and isinstance(frame, wire.Done):
+            self._remote_done = True
+            self._check_complete()
+        elif self.state == "open" and isinstance(frame, wire.Open) and not self.initiator:
+            self._open_requested(frame)
+        elif self.state == "open" and isinstance(frame, wire.Opened) and self.initiator:
+            self._opened(frame)
+        else:
+            raise ReplicaError(
+                f"unexpected {type(frame).__name__.lower()} frame in state {self.state}", code="unexpected_frame"
+            )
+
+    def _accept(self, hello: wire.Hello, now: float) -> None:
+        assert self._authorize is not None
+        if len(hello.documents) > self.limits.max_documents:
+            raise ReplicaError(
+                f"{len(hello.documents)} documents in one connection; at most {self.limits.max_documents}",
+                code="too_many_documents",
+            )
+        grant = self._authorize(hello, now)
+        self._grant = grant
+        self.remote_id, self.remote_role, self.mode = hello.replica_id, hello.role, hello.mode
+        denied = {
+            d: ("document_out_of_scope", f"the credential does not cover {d!r}")
+            for d in hello.documents
+            if not grant.allows(d)
+        }
+        names = {d for d in hello.documents if d not in denied}
+        if grant.offer_all:
+            names.update(d for d in self.replica.documents() if grant.allows(d))
+        if len(names) > self.limits.max_documents:
+            raise ReplicaError(
+                f"{len(names)} documents in one connection; at most {self.limits.max_documents}",
+                code="too_many_documents",
+            )
+        local = {name: self.replica.version_vector(name) for name in sorted(names)}
+        self._send(wire.Welcome(self.replica.id, self.role, local, denied))
+        self._begin(local, {d: hello.documents.get(d, {}) for d in names})
+
+    def _welcomed(self, welcome: wire.Welcome) -> None:
+        self.remote_id, self.remote_role = welcome.replica_id, welcome.role
+        for document, (code, message) in welcome.denied.items():
+            self._events.append(Denied(document, code, message))
+        names = set(welcome.documents)
+        if self._wanted is not None:
+            names &= set(self._wanted)
+        if len(names) > self.limits.max_documents:
+            raise ReplicaError(
+                f"offered {len(names)} documents; at most {self.limits.max_documents}", code="too_many_documents"
+            )
+        local = {name: self.replica.version_vector(name) for name in sorted(names)}
+        self._begin(local, {d: welcome.documents[d] for d in names})
+
+    def _begin(self, local: dict[str, VersionVector], remote: dict[str, VersionVector]) -> None:
+        self.state = "open"
+        assert self.remote_id is not None and self.remote_role is not None
+        for refusal in self.replica.rejections(remote_key(self.remote_id, self.remote_role)):
+            if refusal.origin is not None:
+                self._cuts[(refusal.document, refusal.origin)] = refusal.seq
+        for name, vv in local.items():
+            self._docs[name] = _Doc(dict(remote[name]), dict(remote[name]), dict(vv), dict(remote[name]))
+            self.to_receive += count_missing(vv, remote[name])
+            self._refill(name, count=True)
+        assert self.remote_id is not None and self.remote_role is not None
+        self._events.append(Connected(self.remote_id, self.remote_role, remote, self.to_send, self.to_receive))
+        self._check_complete()
+
+    def _refill(self, document: str, *, count: bool) -> None:
+        state = self._docs[document]
+        missing = self.replica.missing_deltas(document, state.queued)
+        merge(state.queued, _vv_of(missing))
+        if self._cuts:
+            missing = [d for d in missing if d.seq < self._cuts.get((document, d.origin), 2**63)]
+            for (name, origin), seq in self._cuts.items():
+                if name == document:  # never offered: the other side refused it for good
+                    state.start_local[origin] = min(state.start_local.get(origin, 0), seq - 1)
+        state.pending.extend(missing)
+        if count:
+            self.to_send += len(missing)
+
+    def _open_requested(self, frame: wire.Open) -> None:
+        assert self._grant is not None
+        if frame.document in self._docs:
+            return
+        if not self._grant.allows(frame.document):
+            self._send(
+                wire.Opened(
+                    frame.document, {}, ("document_out_of_scope", f"the credential does not cover {frame.document!r}")
+                )
+            )
+            return
+        if len(self._docs) >= self.limits.max_documents:
+            raise ReplicaError(
+                f"more than {self.limits.max_documents} documents in one connection", code="too_many_documents"
+            )
+        local = self.replica.version_vector(frame.document)
+        self._send(wire.Opened(frame.document, local))
+        self._docs[frame.document] = _Doc(dict(frame.vv), dict(frame.vv), local, dict(frame.vv))
+        self.to_receive += count_missing(local, frame.vv)
+        self._refill(frame.document, count=True)
+
+    def _opened(self, frame: wire.Opened) -> None:
+        state = self._docs.get(frame.document)
+        if state is None:
+            raise ReplicaError(f"opened {frame.document!r}, which was not asked for", code="unexpected_frame")
+        if frame.denied is not None:
+            del self._docs[frame.document]
+            self._events.append(Denied(frame.document, *frame.denied))
+            return
+        state.remote.update(frame.vv)
+        state.queued.update(frame.vv)
+        self.to_receive += count_missing(self.replica.version_vector(frame.document), frame.vv)
+        self._refill(frame.document, count=True)
+
+    def _acked(self, ack: wire.Ack, now: float) -> None:
+        state = self._docs.get(ack.document)
+        if state is None or not self._in_flight:
+            raise ReplicaError("an ack for nothing in flight", code="unexpected_frame")
+        document, count, sent_at = self._in_flight.popleft()
+        if document != ack.document:
+            raise ReplicaError("acks arrived out of order", code="unexpected_frame")
+        self._adapt(now - sent_at)
+        merge(state.remote, ack.vv)
+        merge(state.queued, ack.vv)
+        self.sent += count
+        assert self.remote_id is not None and self.remote_role is not None
+        self._events.append(Acknowledged(self.remote_id, self.remote_role, ack.document, dict(ack.vv), count))
+        self._check_complete()
+
+    def _adapt(self, elapsed: float) -> None:
+        limits = self.limits
+        if elapsed <= limits.fast_ack:
+            self._batch_bytes = min(self._batch_bytes * 2, limits.max_batch_bytes, limits.max_frame_bytes // 2)
+        elif elapsed >= limits.slow_ack:
+            self._batch_bytes = max(self._batch_bytes // 2, limits.min_batch_bytes)
+
+    def _pump(self, now: float) -> None:
+        """Queue batches while the window allows, then ``done`` once."""
+        while len(self._in_flight) < self.limits.window:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            document, items = batch
+            self._send(wire.Deltas(document, tuple(items)))
+            self._in_flight.append((document, len(items), now))
+        if not self._sent_done and not any(state.pending for state in self._docs.values()):
+            self._sent_done = True
+            self._send(wire.Done())
+
+    def _next_batch(self) -> tuple[str, list[Delta]] | None:
+        names = [name for name, state in self._docs.items() if state.pending]
+        if not names:
+            return None
+        self._turn = (self._turn + 1) % len(names)
+        document = names[self._turn]
+        pending = self._docs[document].pending
+        items: list[Delta] = []
+        size = 0
+        budget = min(self._batch_bytes, self.limits.max_frame_bytes // 2)
+        while pending and len(items) < self.limits.max_batch:
+            cost = len(pending[0].data) + 32
+            if items and size + cost > budget:
+                break
+            items.append(pending.popleft())
+            size += cost
+        return document, items
+
+    def _check_complete(self) -> None:
+        if self.completed or self.state != "open" or not self._remote_done or self._in_flight:
+            return
+        for name, state in self._docs.items():
+            if state.pending or not covers(state.remote, state.start_local):
+                return
+            if not covers(self.replica.version_vector(name), state.start_remote):
+                return
+        self.completed = True
+        self._events.append(Completed())
