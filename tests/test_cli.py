@@ -33,7 +33,7 @@ def test_status_lists_documents_and_unsynced(tmp_path: Path, capsys: pytest.Capt
 
 def test_locked_data_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with Replica.open(tmp_path):
-        assert main(["status", "--data", str(tmp_path)]) == 2
+        assert main(["status", "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Error [replica_locked]" in err and "retrying may help" in err
 

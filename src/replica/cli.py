@@ -1,13 +1,23 @@
-"""The ``replica`` command line. The only module that prints."""
+"""The ``replica`` command line. The only module that prints or reads files
+and the environment on behalf of the library."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from replica.errors import ReplicaError
+from replica.errors import ErrorInfo, ReplicaError
 from replica.replica import Replica
+from replica.status import SyncState, SyncStatus
+
+#: Exit codes: 0 done, 1 failed but retrying can help, 2 failed for good.
+EXIT_RETRY = 1
+EXIT_FAIL = 2
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -21,16 +31,164 @@ def _status(args: argparse.Namespace) -> int:
             parts = [f"{c}: {len(rows)} records" for c, rows in contents["records"].items()]
             parts += [f"text {t}: {len(s)} characters" for t, s in contents["texts"].items()]
             print(f"  {name}  ({', '.join(parts) or 'empty'})")
-        print(replica.status().label)
+        status = replica.status()
+        if status.last_synced_at is not None:
+            print(f"Last synced: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.last_synced_at))}")
+        for line in status.lines:
+            print(line)
     return 0
+
+
+# -- relay -------------------------------------------------------------------
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from replica.relay import Relay
+
+    if args.data is None:
+        raise SystemExit("replica relay: --data DIR is required")
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stop.set)
+        async with Relay(args.data, host=args.host, port=args.port) as relay:
+            print(f"Relay {relay.replica_id} listening on {relay.url}", flush=True)
+            print(f"Public key: {relay.public_key.to_text()}", flush=True)
+            await stop.wait()
+        print("Relay stopped; everything acknowledged is on disk.", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _issue_credential(args: argparse.Namespace) -> int:
+    from replica.credentials import PublicKey, parse_expiry
+    from replica.relay import relay_identity
+
+    now = time.time()
+    try:
+        expires_at = parse_expiry(args.expires, now=now)
+    except ValueError as exc:
+        raise SystemExit(f"replica relay issue-credential: {exc}") from exc
+    relay_id, key = relay_identity(args.data)
+    device_key = PublicKey.from_text(args.device_key).raw if args.device_key else None
+    token = key.issue(
+        issuer=relay_id,
+        replica_id=args.replica_id,
+        documents=args.docs,
+        expires_at=expires_at,
+        now=now,
+        device_key=device_key,
+    )
+    print(token)
+    expiry = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+    print(f"Credential for {args.replica_id} on {' '.join(args.docs)}, valid until {expiry}", file=sys.stderr)
+    return 0
+
+
+def _public_key(args: argparse.Namespace) -> int:
+    from replica.relay import relay_identity
+
+    _, key = relay_identity(args.data)
+    print(key.public_key().to_text())
+    return 0
+
+
+# -- sync --------------------------------------------------------------------
+
+
+def _sync(args: argparse.Namespace) -> int:
+    credential = Path(args.credential).read_text().strip() if args.credential else None
+
+    async def run() -> SyncStatus:
+        with Replica.open(args.data) as replica:
+            show = _Progress()
+            unsubscribe = replica.subscribe(show)
+            try:
+                return await replica.sync(args.relay, credential=credential, live=args.live, timeout=args.timeout)
+            finally:
+                unsubscribe()
+                show.end()
+
+    try:
+        final = asyncio.run(run())
+    except KeyboardInterrupt:
+        print("Sync stopped.", file=sys.stderr)
+        return EXIT_RETRY
+    if final.state is SyncState.SYNCED:
+        print("Data Synced")
+        for line in final.lines[1:]:
+            print(line)
+        return 0
+    error = final.error or ErrorInfo("unknown", "the sync stopped without an outcome", True)
+    print(f"Sync Failed: {error.message} [{error.code}]")
+    print("Retrying can help." if error.retryable else "Retrying will not help; this needs an operator.")
+    print(f"Data unsynced: {final.unsynced}")
+    return EXIT_RETRY if error.retryable else EXIT_FAIL
+
+
+class _Progress:
+    """Prints sync progress to stderr: one rewritten line on a terminal, a
+    line per second otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = ""
+
+    def __call__(self, status: SyncStatus) -> None:
+        if status.state is not SyncState.SYNCING:
+            return
+        p = status.progress
+        line = f"Sync in Progress: sent {p.sent}/{p.to_send}, received {p.received}/{p.to_receive}"
+        now = time.monotonic()
+        if line == self.shown or (not self.tty and now - self.last < 1.0):
+            return
+        self.shown, self.last = line, now
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self.shown:
+            print(file=sys.stderr)
+
+
+# -- parser ------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replica", description="CRDT replication for devices that work offline.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     status = commands.add_parser("status", help="show the replica id, its documents and what is not yet synced")
     status.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
     status.set_defaults(run=_status)
+
+    relay = commands.add_parser("relay", help="run the relay server (or manage its credentials)")
+    relay.add_argument("--data", metavar="DIR", help="the relay's data directory (created if missing)")
+    relay.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    relay.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks one)")
+    relay.set_defaults(run=_relay)
+    relay_commands = relay.add_subparsers(dest="relay_command")
+    issue = relay_commands.add_parser("issue-credential", help="print a credential signed by this relay")
+    issue.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    issue.add_argument("--replica-id", required=True, help="the device's replica id")
+    issue.add_argument("--docs", required=True, nargs="+", metavar="PATTERN", help="document patterns, e.g. 'c7/*'")
+    issue.add_argument("--expires", default="30d", help="a duration (30d, 12h) or an ISO date (default 30d)")
+    issue.add_argument("--device-key", help="the device's public key (ed25519:...), to bind the credential to it")
+    issue.set_defaults(run=_issue_credential)
+    public = relay_commands.add_parser("public-key", help="print the relay's public key (for devices to pin)")
+    public.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    public.set_defaults(run=_public_key)
+
+    sync = commands.add_parser("sync", help="sync a data directory with a relay")
+    sync.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
+    sync.add_argument("--relay", required=True, metavar="URL", help="the relay, e.g. ws://127.0.0.1:8765")
+    sync.add_argument("--credential", metavar="FILE", help="file holding the credential (default: the last used)")
+    sync.add_argument("--live", action="store_true", help="stay connected and sync continuously")
+    sync.add_argument("--timeout", type=float, default=30.0, help="seconds without an answer before failing")
+    sync.set_defaults(run=_sync)
     return parser
 
 
@@ -41,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplicaError as exc:
         hint = "retrying may help" if exc.retryable else "retrying will not help"
         print(f"Error [{exc.code}]: {exc.message} ({hint})", file=sys.stderr)
-        return 2
+        return EXIT_RETRY if exc.retryable else EXIT_FAIL
     return code
 
 

@@ -169,6 +169,11 @@ class Document:
         except BaseException as exc:  # pyo3 PanicException is a BaseException
             raise UpdateFailed(f"{type(exc).__name__}: {exc}") from exc
 
+    def close(self) -> None:
+        """Drop the pycrdt subscription, which pycrdt keeps alive from Rust
+        (out of reach of Python's garbage collector) until unobserved."""
+        self._ydoc.unobserve(self._subscription)
+
     def rebuild(self, payloads: Iterable[bytes]) -> None:
         """Replace the state with a fresh ``Doc`` holding ``payloads`` (the
         log's deltas in applied order)."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from replica.delta import CHECKSUM_SIZE, Delta
+from replica.delta import CHECKSUM_SIZE, Delta, checksum
 from replica.store import Store, Txn, prefix_end
 
 _U32 = struct.Struct(">I")
@@ -181,22 +181,43 @@ class DeltaLog:
 
     def append(self, txn: Txn, delta: Delta) -> None:
         """Append one delta. Its seq must follow the last one of its origin."""
-        doc = self._doc(txn, delta.document, create=True)
-        origin = self._origin(txn, delta.origin, create=True)
-        assert doc is not None and origin is not None
-        vv = self._cached_vv(txn, doc)
+        doc, origin, vv = self._slot(txn, delta.document, delta.origin)
         expected = vv.get(origin, 0) + 1
         if delta.seq != expected:
             raise ValueError(f"{delta!r} appended out of order: expected seq {expected}")
+        self._put(txn, doc, origin, vv, delta.seq, delta.checksum, delta.data)
+
+    def append_next(self, txn: Txn, document: str, origin_id: str, data: bytes) -> Delta:
+        """Append ``data`` as the next delta of ``origin_id`` (the local hot path)."""
+        doc, origin, vv = self._slot(txn, document, origin_id)
+        seq = vv.get(origin, 0) + 1
+        check = checksum(data)
+        self._put(txn, doc, origin, vv, seq, check, data)
+        return Delta(document, origin_id, seq, check, data)
+
+    def _slot(self, txn: Txn, document: str, origin_id: str) -> tuple[int, int, dict[int, int]]:
+        doc = self._doc_ids.get(document)
+        if doc is None:
+            doc = self._doc(txn, document, create=True)
+        origin = self._origin_ids.get(origin_id)
+        if origin is None:
+            origin = self._origin(txn, origin_id, create=True)
+        assert doc is not None and origin is not None
+        vv = self._vv.get(doc)
+        if vv is None:
+            vv = self._vv[doc] = self._vv_numbers(txn, doc)
+        return doc, origin, vv
+
+    def _put(self, txn: Txn, doc: int, origin: int, vv: dict[int, int], seq: int, check: bytes, data: bytes) -> None:
         pos = self._next_pos.get(doc)
         if pos is None:
             last = txn.last_before("deltas", _U32.pack(doc + 1))
             pos = _U64.unpack(last[0][4:])[0] + 1 if last and last[0][:4] == _U32.pack(doc) else 1
-        row = _DELTA_HEAD.pack(origin, delta.seq, delta.checksum) + delta.data
-        txn.put("deltas", _U32.pack(doc) + _U64.pack(pos), row)
-        txn.put("index", _INDEX.pack(doc, origin, delta.seq), _U64.pack(pos))
+        packed_pos = _U64.pack(pos)
+        txn.put("deltas", _U32.pack(doc) + packed_pos, _DELTA_HEAD.pack(origin, seq, check) + data)
+        txn.put("index", _INDEX.pack(doc, origin, seq), packed_pos)
         self._next_pos[doc] = pos + 1
-        vv[origin] = delta.seq
+        vv[origin] = seq
 
     def checksum_of(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
         """The checksum of a held delta, or None if it is not held."""

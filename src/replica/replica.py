@@ -134,7 +134,11 @@ class Replica:
         if self._sync_task is not None and not self._sync_task.done():
             self._sync_task.cancel()
         self._closed = True
+        for document in self._documents.values():
+            document.close()
         self._documents.clear()
+        self._status_listeners.clear()
+        self._change_listeners.clear()
         self._log.store.close()
 
     @property
@@ -376,8 +380,7 @@ class Replica:
                 raise _storage_error(exc) from exc
 
     def _append_local(self, txn: Txn, document: Document, update: bytes) -> None:
-        seq = self._log.held_seq(txn, document.name, self.id) + 1
-        self._log.append(txn, deltas.make(document.name, self.id, seq, update))
+        self._log.append_next(txn, document.name, self.id, update)
         self._touched.add(document.name)
 
     # -- exchange with other replicas (sans-I/O) -----------------------------

@@ -63,9 +63,12 @@ def _ext_hook(code: int, data: bytes) -> object:
     raise ValueError(f"unknown value extension type {code}")
 
 
+_PACKER = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
+
+
 def encode(value: Value) -> bytes:
     """Encode one checked value. Call :func:`check` first."""
-    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
+    packed: bytes = _PACKER.pack(value)
     return packed
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of replica, each measured against a baseline in the same run."""
