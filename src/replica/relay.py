@@ -84,15 +84,22 @@ class Relay:
         return f"ws://{self.host}:{port}"
 
     def issue_credential(
-        self, replica_id: str, documents: Sequence[str], *, expires_at: float, device_key: bytes | None = None
+        self,
+        replica_id: str,
+        documents: Sequence[str],
+        *,
+        expires_at: float,
+        device_key: bytes | None = None,
+        now: float | None = None,
     ) -> str:
-        """A credential for device ``replica_id`` on ``documents`` (patterns)."""
+        """A credential for device ``replica_id`` on ``documents`` (patterns),
+        issued at ``now`` (default: the current time)."""
         return self._key.issue(
             issuer=self.replica_id,
             replica_id=replica_id,
             documents=documents,
             expires_at=expires_at,
-            now=time.time(),
+            now=time.time() if now is None else now,
             device_key=device_key,
         )
 

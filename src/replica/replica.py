@@ -104,19 +104,35 @@ class Replica:
         return stored
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, replica_id: str | None = None, **options: int) -> Replica:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        replica_id: str | None = None,
+        sync_on_open: tuple[str, str | None] | None = None,
+        **options: int,
+    ) -> Replica:
         """Open (or create) the replica whose data directory is ``path``.
 
         ``replica_id`` is used when the directory is created (a random one
         otherwise); reopening with another id is :class:`~replica.errors.ReplicaIdMismatch`.
         A directory already open elsewhere is :class:`~replica.errors.ReplicaLocked`.
+        ``sync_on_open=(relay_url, credential)`` starts a sync at once (the
+        daily login trigger); it needs a running asyncio loop, and its
+        progress and outcome show in :meth:`status` like any sync's.
         ``options``: ``map_size`` (bytes of address space for LMDB),
         ``max_delta_bytes`` (largest foreign delta accepted).
         """
         from replica.store.lmdb import DEFAULT_MAP_SIZE, LmdbStore
 
+        if sync_on_open is not None:
+            asyncio.get_running_loop()  # RuntimeError before anything is opened
         store = LmdbStore(path, map_size=options.pop("map_size", DEFAULT_MAP_SIZE))
-        return cls(store, replica_id=replica_id, **options)
+        replica = cls(store, replica_id=replica_id, **options)
+        if sync_on_open is not None:
+            url, credential = sync_on_open
+            replica._start_sync(url, credential=credential, live=False, timeout=30.0)
+        return replica
 
     @classmethod
     def in_memory(cls, *, replica_id: str | None = None, **options: int) -> Replica:
@@ -390,6 +406,23 @@ class Replica:
         self._check_open()
         with self._log.read() as txn:
             return self._log.version_vector(txn, document)
+
+    def tips(self, document: str) -> dict[str, bytes]:
+        """``{origin: checksum of its last delta held}`` for ``document``:
+        compared at each handshake to find two devices sharing a replica id."""
+        self._check_open()
+        with self._log.read() as txn:
+            return {
+                origin: check
+                for origin, seq in self._log.version_vector(txn, document).items()
+                if (check := self._log.checksum_of(txn, document, origin, seq)) is not None
+            }
+
+    def checksum_of(self, document: str, origin: str, seq: int) -> bytes | None:
+        """The checksum of a held delta, or None."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.checksum_of(txn, document, origin, seq)
 
     def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]:
         """The deltas of ``document`` that a replica holding version vector

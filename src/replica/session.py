@@ -249,7 +249,8 @@ class Session:
             raise RuntimeError("start() is for an idle initiating session")
         names = self.replica.documents() if self._wanted is None else self._wanted
         documents = {name: self.replica.version_vector(name) for name in names}
-        self._send(wire.Hello(self.replica.id, self.role, self.credential, documents, mode=self.mode))
+        tips = {name: self.replica.tips(name) for name in names}
+        self._send(wire.Hello(self.replica.id, self.role, self.credential, documents, mode=self.mode, tips=tips))
         self.state = "handshake"
 
     def receive(self, data: bytes, now: float = 0.0) -> None:
@@ -268,6 +269,8 @@ class Session:
             return
         rejected = result.rejected
         if rejected is not None:
+            if result.applied or result.duplicates:  # what came before the refused delta is stored
+                self._send(wire.Ack(event.document, self.replica.version_vector(event.document)))
             self._send(
                 wire.Error(
                     rejected.code,
@@ -405,8 +408,10 @@ class Session:
                 f"{len(names)} documents in one connection; at most {self.limits.max_documents}",
                 code="too_many_documents",
             )
+        self._check_tips(hello.documents, hello.tips)
         local = {name: self.replica.version_vector(name) for name in sorted(names)}
-        self._send(wire.Welcome(self.replica.id, self.role, local, denied))
+        tips = {name: self.replica.tips(name) for name in local}
+        self._send(wire.Welcome(self.replica.id, self.role, local, denied, tips=tips))
         self._begin(local, {d: hello.documents.get(d, {}) for d in names})
 
     def _welcomed(self, welcome: wire.Welcome) -> None:
@@ -420,8 +425,23 @@ class Session:
             raise ReplicaError(
                 f"offered {len(names)} documents; at most {self.limits.max_documents}", code="too_many_documents"
             )
+        self._check_tips(welcome.documents, welcome.tips)
         local = {name: self.replica.version_vector(name) for name in sorted(names)}
         self._begin(local, {d: welcome.documents[d] for d in names})
+
+    def _check_tips(self, documents: dict[str, VersionVector], tips: dict[str, dict[str, bytes]]) -> None:
+        """Find a replica id shared by two devices: the other side's last
+        delta of an origin must be the one held here under the same seq."""
+        for document, checks in tips.items():
+            for origin, check in checks.items():
+                seq = documents.get(document, {}).get(origin, 0)
+                held = self.replica.checksum_of(document, origin, seq) if seq else None
+                if held is not None and held != check:
+                    raise ReplicaError(
+                        f"delta {origin}#{seq} of {document!r} differs between the two sides: two devices are "
+                        "using the same replica id; stop both and ask an operator",
+                        code="replica_id_clash",
+                    )
 
     def _begin(self, local: dict[str, VersionVector], remote: dict[str, VersionVector]) -> None:
         self.state = "open"

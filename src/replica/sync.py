@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from replica.log import Rejection
+from replica.delta import Delta
+from replica.log import Rejection, VersionVector
 from replica.replica import IngestResult, Replica
 from replica.session import (
     Acknowledged,
@@ -57,13 +58,19 @@ def settle(replica: Replica, sessions: Iterable[Session]) -> list[tuple[Session,
 def _store(
     replica: Replica, session: Session, event: Event, results: list[tuple[Session, Incoming, IngestResult]]
 ) -> None:
-    if isinstance(event, Incoming):
-        results.append((session, event, replica.ingest(event.deltas)))
-        return
     if session.remote_id is None or session.remote_role is None:
         return
     key = remote_key(session.remote_id, session.remote_role)
-    if session.remote_role not in _TRACKED_ROLES:
+    tracked = session.remote_role in _TRACKED_ROLES
+    if isinstance(event, Incoming):
+        result = replica.ingest(event.deltas)
+        results.append((session, event, result))
+        if tracked:  # what it sent us is in its log: on its disk
+            held = event.deltas[: result.applied + result.duplicates]
+            for document, vv in vv_by_document(held).items():
+                replica.acknowledge(key, document, vv)
+        return
+    if not tracked:
         return
     if isinstance(event, Acknowledged):
         replica.acknowledge(key, event.document, event.vv)
@@ -75,3 +82,13 @@ def _store(
         replica.record_rejection(key, Rejection(event.document, None, 0, event.code, event.message))
     elif isinstance(event, Rejected):
         replica.record_rejection(key, Rejection(event.document, event.origin, event.seq, event.code, event.message))
+
+
+def vv_by_document(deltas: Iterable[Delta]) -> dict[str, VersionVector]:
+    """The highest seq of each origin in ``deltas``, per document."""
+    out: dict[str, VersionVector] = {}
+    for item in deltas:
+        vv = out.setdefault(item.document, {})
+        if item.seq > vv.get(item.origin, 0):
+            vv[item.origin] = item.seq
+    return out

@@ -50,6 +50,7 @@ class Hello:
     credential: str | None
     documents: dict[str, VersionVector]
     mode: str = "once"
+    tips: dict[str, dict[str, bytes]] = field(default_factory=dict)
     challenge: bytes | None = None
     proof: bytes | None = None
     version: int = VERSION
@@ -64,6 +65,7 @@ class Welcome:
     role: str
     documents: dict[str, VersionVector]
     denied: dict[str, tuple[str, str]] = field(default_factory=dict)
+    tips: dict[str, dict[str, bytes]] = field(default_factory=dict)
     challenge: bytes | None = None
     proof: bytes | None = None
     credential: str | None = None
@@ -150,6 +152,7 @@ def encode(frame: Frame) -> bytes:
                     "role": frame.role,
                     "cred": frame.credential,
                     "docs": frame.documents,
+                    "tips": frame.tips or None,
                     "mode": frame.mode,
                     "chal": frame.challenge,
                     "proof": frame.proof,
@@ -166,6 +169,7 @@ def encode(frame: Frame) -> bytes:
                     "role": frame.role,
                     "docs": frame.documents,
                     "denied": {d: list(r) for d, r in frame.denied.items()},
+                    "tips": frame.tips or None,
                     "chal": frame.challenge,
                     "proof": frame.proof,
                     "cred": frame.credential,
@@ -280,6 +284,20 @@ def _documents(value: object) -> dict[str, VersionVector]:
     return out
 
 
+def _tips(value: object) -> dict[str, dict[str, bytes]]:
+    if type(value) is not dict or len(value) > MAX_DOCUMENTS * 4:
+        raise ValueError("tips must be a map of document to {origin: checksum}")
+    out = {}
+    for name, checks in value.items():
+        if type(name) is not str or type(checks) is not dict or len(checks) > 100_000:
+            raise ValueError("tips must be a map of document to {origin: checksum}")
+        for origin, check in checks.items():
+            if type(origin) is not str or type(check) is not bytes or len(check) != CHECKSUM_SIZE:
+                raise ValueError("tips hold 8-byte checksums")
+        out[name] = checks
+    return out
+
+
 def _version(body: Mapping[str, Any]) -> int:
     version = body.get("v")
     if type(version) is not int:
@@ -310,6 +328,7 @@ def _hello(body: dict[str, Any], _: int) -> Hello:
         credential=_str(body, "cred", optional=True, limit=16384),
         documents=_documents(body.get("docs", {})),
         mode=mode,
+        tips=_tips(body.get("tips", {})),
         challenge=_bytes(body, "chal"),
         proof=_bytes(body, "proof"),
     )
@@ -332,6 +351,7 @@ def _welcome(body: dict[str, Any], _: int) -> Welcome:
         role=_role(body),
         documents=_documents(body.get("docs", {})),
         denied=denied,
+        tips=_tips(body.get("tips", {})),
         challenge=_bytes(body, "chal"),
         proof=_bytes(body, "proof"),
         credential=_str(body, "cred", optional=True, limit=16384),

@@ -1,0 +1,282 @@
+"""The sans-I/O session, driven over an in-memory link (no sockets, no clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from replica import Replica, wire
+from replica.errors import ReplicaError
+from replica.session import Closed, Completed, Connected, Denied, Event, Grant, Limits, Session
+from replica.sync import settle
+
+DOC = "c7/households"
+
+
+def grant_all(hello: wire.Hello, now: float) -> Grant:
+    return Grant(hello.replica_id, lambda document: True)
+
+
+def grant(patterns: Callable[[str], bool]) -> Callable[[wire.Hello, float], Grant]:
+    return lambda hello, now: Grant(hello.replica_id, patterns)
+
+
+class Wire:
+    """Two sessions and the frames between them, moved one step at a time."""
+
+    def __init__(self, device: Replica, relay: Replica, **options: object) -> None:
+        self.device_replica, self.relay_replica = device, relay
+        mode = str(options.pop("mode", "once"))
+        authorize = options.pop("authorize", grant_all)
+        limits = options.pop("limits", None)
+        self.device = Session(device, role="device", initiator=True, mode=mode, limits=limits)  # type: ignore[arg-type]
+        self.relay = Session(relay, role="relay", initiator=False, authorize=authorize, limits=limits)  # type: ignore[arg-type]
+        self.events: list[tuple[str, Event]] = []
+        self.in_flight: list[tuple[str, bytes]] = []
+        self.now = 0.0
+
+    def step(self) -> bool:
+        """Move every queued frame once; settle both sides. False when quiet."""
+        moved = False
+        for name, source, target in (("up", self.device, self.relay), ("down", self.relay, self.device)):
+            for frame in source.data_to_send(self.now):
+                moved = True
+                self.in_flight.append((name, frame))
+                target.receive(frame, self.now)
+        for name, replica, session in (
+            ("device", self.device_replica, self.device),
+            ("relay", self.relay_replica, self.relay),
+        ):
+            for _, event in settle(replica, [session]):
+                self.events.append((name, event))
+                moved = True
+        return moved
+
+    def run(self, steps: int = 200) -> None:
+        self.device.start(self.now)
+        for _ in range(steps):
+            if not self.step():
+                return
+        raise AssertionError("the link never went quiet")
+
+    def of(self, side: str, kind: type) -> list[Event]:
+        return [e for s, e in self.events if s == side and isinstance(e, kind)]
+
+
+def fill(replica: Replica, count: int, document: str = DOC) -> None:
+    rows = replica.doc(document).records("r")
+    with replica.batch():
+        for i in range(count):
+            rows.put(f"{replica.id}-{i}", {"i": i, "blob": b"x" * 50})
+
+
+@pytest.fixture
+def device() -> Replica:
+    return Replica.in_memory(replica_id="dev-a")
+
+
+@pytest.fixture
+def relay() -> Replica:
+    return Replica.in_memory(replica_id="relay-1")
+
+
+def test_upload_completes_and_sets_the_watermark(device: Replica, relay: Replica) -> None:
+    fill(device, 500)
+    link = Wire(device, relay)
+    link.run()
+    assert link.of("device", Completed) and link.device.completed
+    assert relay.version_vector(DOC) == {"dev-a": 500}
+    assert device.watermark("relay", DOC) == {"dev-a": 500}
+    assert device.status().unsynced == 0
+    assert (link.device.sent, link.device.to_send) == (500, 500)
+    connected = link.of("device", Connected)[0]
+    assert isinstance(connected, Connected) and connected.remote_id == "relay-1"
+
+
+def test_download_and_both_ways(device: Replica, relay: Replica) -> None:
+    other = Replica.in_memory(replica_id="dev-b")
+    fill(other, 300)
+    Wire(other, relay).run()
+    fill(device, 200)
+    link = Wire(device, relay)
+    link.run()
+    assert (link.device.received, link.device.to_receive) == (300, 300)
+    assert (link.device.sent, link.device.to_send) == (200, 200)
+    assert device.doc(DOC).contents() == relay.doc(DOC).contents()
+    assert device.version_vector(DOC) == {"dev-a": 200, "dev-b": 300}
+
+
+def test_the_window_bounds_unacknowledged_batches(device: Replica, relay: Replica) -> None:
+    fill(device, 3000)
+    limits = Limits(window=2, start_batch_bytes=1024, min_batch_bytes=1024, max_batch_bytes=1024)
+    link = Wire(device, relay, limits=limits)
+    link.device.start()
+    link.relay.receive(link.device.data_to_send()[0])
+    for frame in link.relay.data_to_send():
+        link.device.receive(frame)
+    settle(device, [link.device])
+    sent = [wire.decode(f) for f in link.device.data_to_send()]
+    assert sum(isinstance(f, wire.Deltas) for f in sent) == 2
+    assert link.device.data_to_send() == []  # nothing more until an ack comes back
+
+
+def test_batches_grow_with_fast_acks_and_shrink_with_slow_ones(device: Replica, relay: Replica) -> None:
+    session = Session(device, role="device", initiator=True)
+    start = session.limits.start_batch_bytes
+    session._adapt(0.001)
+    assert session._batch_bytes == 2 * start
+    for _ in range(40):
+        session._adapt(0.001)
+    assert session._batch_bytes == session.limits.max_batch_bytes
+    for _ in range(40):
+        session._adapt(5.0)
+    assert session._batch_bytes == session.limits.min_batch_bytes
+
+
+def test_frames_respect_the_size_cap(device: Replica, relay: Replica) -> None:
+    fill(device, 2000)
+    limits = Limits(max_frame_bytes=20_000, start_batch_bytes=10**9, max_batch_bytes=10**9)
+    link = Wire(device, relay, limits=limits)
+    link.run()
+    assert relay.version_vector(DOC) == {"dev-a": 2000}
+    assert max(len(f) for _, f in link.in_flight) <= 20_000
+
+
+def test_out_of_scope_documents_are_denied_and_counted_as_rejected(device: Replica, relay: Replica) -> None:
+    fill(device, 10)
+    fill(device, 4, "secret/notes")
+    link = Wire(device, relay, authorize=grant(lambda d: d.startswith("c7/")))
+    link.run()
+    denied = link.of("device", Denied)
+    assert [d.document for d in denied if isinstance(d, Denied)] == ["secret/notes"]
+    status = device.status()
+    assert (status.unsynced, status.rejected) == (0, 4)
+    assert status.rejections[0].code == "document_out_of_scope" and status.rejections[0].count == 4
+    assert relay.documents() == [DOC]
+    # a later run with a wider grant carries them up and clears the refusal
+    Wire(device, relay).run()
+    assert (device.status().unsynced, device.status().rejected) == (0, 0)
+    assert relay.documents() == [DOC, "secret/notes"]
+
+
+def test_a_delta_refused_by_the_relay_is_kept_and_counted(device: Replica) -> None:
+    relay = Replica.in_memory(replica_id="relay-1", max_delta_bytes=2000)
+    fill(device, 3)
+    device.doc(DOC).text("notes").insert(0, "x" * 5000)  # dev-a#4: too large for this relay
+    device.doc(DOC).records("r").put("after", {"v": 1})  # dev-a#5: blocked behind #4
+    link = Wire(device, relay)
+    link.run()
+    closed = [e for e in link.of("device", Closed) if isinstance(e, Closed)]
+    assert closed and closed[0].error is not None
+    assert closed[0].error.code == "delta_too_large" and not closed[0].error.retryable
+    status = device.status()
+    assert (status.unsynced, status.rejected) == (0, 2)
+    assert status.rejections[0].origin == "dev-a" and status.rejections[0].code == "delta_too_large"
+    assert device.version_vector(DOC) == {"dev-a": 5}  # kept in the log
+    assert relay.version_vector(DOC) == {"dev-a": 3}
+    link = Wire(device, relay)  # the next run skips what was refused and completes
+    link.run()
+    assert link.device.completed and device.status().rejected == 2
+
+
+def test_two_devices_sharing_a_replica_id_are_caught_at_the_handshake(device: Replica, relay: Replica) -> None:
+    twin = Replica.in_memory(replica_id="dev-a")  # a copied data directory, say
+    fill(twin, 2)
+    Wire(twin, relay).run()
+    fill(device, 4)  # the same origin and seqs, other bytes
+    link = Wire(device, relay)
+    link.run()
+    closed = [e for e in link.of("device", Closed) if isinstance(e, Closed)]
+    assert closed and closed[0].error is not None and closed[0].error.code == "replica_id_clash"
+    assert relay.version_vector(DOC) == {"dev-a": 2}  # nothing of the impostor stored
+    assert device.watermark("relay", DOC) == {}  # and nothing counted as synced
+
+
+def test_deltas_received_from_the_relay_are_not_unsynced(device: Replica, relay: Replica) -> None:
+    other = Replica.in_memory(replica_id="dev-b")
+    fill(other, 5)
+    Wire(other, relay).run()
+    Wire(device, relay).run()
+    assert device.version_vector(DOC) == {"dev-b": 5}
+    assert device.status().unsynced == 0
+
+
+def test_no_completion_while_something_is_missing(device: Replica, relay: Replica) -> None:
+    fill(device, 50)
+    link = Wire(device, relay)
+    link.device.start()
+    link.relay.receive(link.device.data_to_send()[0])
+    for frame in link.relay.data_to_send():
+        link.device.receive(frame)
+    settle(device, [link.device])
+    frames = link.device.data_to_send()
+    assert isinstance(wire.decode(frames[-1]), wire.Done)
+    link.relay.receive(frames[-1])  # the deltas frames are lost; only done arrives
+    settle(relay, [link.relay])
+    for frame in link.relay.data_to_send():
+        link.device.receive(frame)
+    settle(device, [link.device])
+    assert not link.device.completed and not link.relay.completed
+
+
+def test_live_mode_streams_new_deltas_and_opens_new_documents(device: Replica, relay: Replica) -> None:
+    link = Wire(device, relay, mode="live")
+    link.run()
+    assert link.device.completed
+    device.doc(DOC).records("r").put("new", {"v": 1})
+    link.device.local_changed(DOC)
+    while link.step():
+        pass
+    assert relay.doc(DOC).records("r").get("new") == {"v": 1}
+    device.doc("c7/other").text("t").insert(0, "hi")
+    link.device.local_changed("c7/other")
+    while link.step():
+        pass
+    assert str(relay.doc("c7/other").text("t")) == "hi"
+    relay.doc(DOC).records("r").put("from-relay", {"v": 2})
+    link.relay.local_changed(DOC)
+    while link.step():
+        pass
+    assert device.doc(DOC).records("r").get("from-relay") == {"v": 2}
+    assert device.status().unsynced == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [wire.Deltas(DOC, ()), wire.Ack(DOC, {}), wire.Done(), wire.Welcome("x", "relay", {})],
+)
+def test_unexpected_first_frames_are_refused(relay: Replica, frame: wire.Frame) -> None:
+    session = Session(relay, role="relay", initiator=False, authorize=grant_all)
+    session.receive(wire.encode(frame))
+    assert session.closed and session.error is not None and session.error.code == "unexpected_frame"
+    reply = wire.decode(session.data_to_send()[0])
+    assert isinstance(reply, wire.Error) and reply.code == "unexpected_frame"
+
+
+def test_authorization_errors_become_error_frames(relay: Replica) -> None:
+    def refuse(hello: wire.Hello, now: float) -> Grant:
+        raise ReplicaError("no", code="credential_expired")
+
+    session = Session(relay, role="relay", initiator=False, authorize=refuse)
+    session.receive(wire.encode(wire.Hello("dev-a", "device", "token", {})))
+    reply = wire.decode(session.data_to_send()[0])
+    assert isinstance(reply, wire.Error) and reply.code == "credential_expired" and not reply.retryable
+    assert session.closed
+
+
+def test_deltas_for_a_document_not_open(device: Replica, relay: Replica) -> None:
+    link = Wire(device, relay)
+    link.run()
+    fill(device, 1, "c7/elsewhere")
+    relay_session = Session(relay, role="relay", initiator=False, authorize=grant_all)
+    relay_session.receive(wire.encode(wire.Hello("dev-a", "device", None, {})))
+    relay_session.receive(wire.encode(wire.Deltas("c7/elsewhere", tuple(device.missing_deltas("c7/elsewhere", {})))))
+    assert relay_session.closed and relay_session.error is not None
+    assert relay_session.error.code == "document_not_open"
+
+
+def test_too_many_documents(relay: Replica) -> None:
+    session = Session(relay, role="relay", initiator=False, authorize=grant_all, limits=Limits(max_documents=3))
+    session.receive(wire.encode(wire.Hello("dev-a", "device", None, {f"d{i}": {} for i in range(4)})))
+    assert session.error is not None and session.error.code == "too_many_documents"
