@@ -18,10 +18,11 @@ from replica.status import SyncState, SyncStatus
 #: Exit codes: 0 done, 1 failed but retrying can help, 2 failed for good.
 EXIT_RETRY = 1
 EXIT_FAIL = 2
+REPLICA_ID_HELP = "the device's replica id, used when the data directory is created (checked otherwise)"
 
 
 def _status(args: argparse.Namespace) -> int:
-    with Replica.open(args.data) as replica:
+    with Replica.open(args.data, replica_id=args.replica_id) as replica:
         print(f"Replica: {replica.id}")
         print(f"Data directory: {args.data}")
         names = replica.documents()
@@ -103,7 +104,7 @@ def _sync(args: argparse.Namespace) -> int:
     credential = Path(args.credential).read_text().strip() if args.credential else None
 
     async def run() -> SyncStatus:
-        with Replica.open(args.data) as replica:
+        with Replica.open(args.data, replica_id=args.replica_id) as replica:
             show = _Progress()
             unsubscribe = replica.subscribe(show)
             try:
@@ -139,9 +140,9 @@ class _Progress:
         self.shown = ""
 
     def __call__(self, status: SyncStatus) -> None:
-        if status.state is not SyncState.SYNCING:
-            return
         p = status.progress
+        if status.state is not SyncState.SYNCING or not (p.to_send or p.to_receive):
+            return
         line = f"Sync in Progress: sent {p.sent}/{p.to_send}, received {p.received}/{p.to_receive}"
         now = time.monotonic()
         if line == self.shown or (not self.tty and now - self.last < 1.0):
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show the replica id, its documents and what is not yet synced")
     status.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
+    status.add_argument("--replica-id", help=REPLICA_ID_HELP)
     status.set_defaults(run=_status)
 
     relay = commands.add_parser("relay", help="run the relay server (or manage its credentials)")
@@ -184,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser("sync", help="sync a data directory with a relay")
     sync.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
+    sync.add_argument("--replica-id", help=REPLICA_ID_HELP)
     sync.add_argument("--relay", required=True, metavar="URL", help="the relay, e.g. ws://127.0.0.1:8765")
     sync.add_argument("--credential", metavar="FILE", help="file holding the credential (default: the last used)")
     sync.add_argument("--live", action="store_true", help="stay connected and sync continuously")
