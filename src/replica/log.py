@@ -6,7 +6,8 @@ Every delta a replica holds, local or foreign, is appended once and never
 changed. Document names and origin replica ids are interned to 4-byte numbers
 so that keys stay short. Tables (see ``replica.store``)::
 
-    meta        b"replica_id"                          -> replica id (utf-8)
+    meta        b"replica_id", b"setting.*"            -> utf-8 text
+                b"peer." + peer id                     -> msgpack {synced_at, error, to_receive}
     documents   b"n" + name | b"i" + doc               -> doc | name
     origins     b"n" + id   | b"i" + origin            -> origin | id
     deltas      doc + pos                              -> origin + seq + checksum + bytes
@@ -36,6 +37,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -368,6 +370,35 @@ class DeltaLog:
                 unsynced += missing - refused
                 rejected += refused
         return unsynced, rejected
+
+    def peer_records(self, txn: Txn) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(peer id, record)`` of every peer this replica synced with."""
+        for key, raw in txn.scan("meta", b"peer.", b"peer/"):
+            yield key[len(b"peer.") :].decode(), msgpack.unpackb(raw)
+
+    def peer_record(self, txn: Txn, peer: str) -> dict[str, Any] | None:
+        raw = txn.get("meta", b"peer." + peer.encode())
+        return None if raw is None else dict(msgpack.unpackb(raw))
+
+    def set_peer_record(self, txn: Txn, peer: str, record: dict[str, Any]) -> None:
+        txn.put("meta", b"peer." + peer.encode(), msgpack.packb(record))
+
+    def watermarked_documents(self, txn: Txn, remote: str) -> list[str]:
+        """Documents for which ``remote`` has a watermark (shared with it)."""
+        prefix = remote.encode() + b"\x00"
+        return sorted(
+            self._doc_name(txn, _U32.unpack(key[len(prefix) :])[0])
+            for key, _ in txn.scan("watermarks", prefix, prefix_end(prefix))
+        )
+
+    def not_covered(self, txn: Txn, remote: str, documents: list[str]) -> int:
+        """Deltas of ``documents`` held here and not in ``remote``'s watermark."""
+        total = 0
+        for document in documents:
+            mark = self.watermark(txn, remote, document)
+            for origin, held in self.version_vector(txn, document).items():
+                total += max(0, held - mark.get(origin, 0))
+        return total
 
     def unsynced(self, txn: Txn, remote: str) -> int:
         """Deltas held here, of any origin, not covered by ``remote``'s

@@ -19,17 +19,20 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from replica import wire
 from replica.errors import ErrorInfo
 from replica.replica import Replica
-from replica.session import Closed, Completed, Event, Limits, Session
+from replica.session import Closed, Completed, Connected, Event, Limits, Session
 from replica.status import Progress, SyncState, SyncStatus
 from replica.sync import settle
+from replica.trust import DeviceTrust, remember_relay_answer
 
 log = logging.getLogger("replica.net")
 
@@ -136,6 +139,71 @@ class Link:
                 return
 
 
+class Listener:
+    """Accepts websocket links for one replica (a relay, or a device serving
+    peers): one session per link from ``make_session``, group commits across
+    links, and every newly stored batch offered to the live links that have
+    its document open (fan-out)."""
+
+    def __init__(self, replica: Replica, make_session: Callable[[], Session], on_event: EventHandler) -> None:
+        self.replica = replica
+        self._make_session = make_session
+        self._hub = Hub(replica, on_event)
+        self._links: set[Link] = set()
+        self._server: Server | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.host = ""
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (``port=0`` picks a free one)."""
+        self.host = host
+        self._unsubscribe = self.replica.on_change(self._fan_out)
+        self._server = await serve(
+            self._serve, host, port, max_size=WS_MAX_SIZE, compression=None, ping_interval=20, ping_timeout=20
+        )
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` while listening."""
+        if self._server is None:
+            raise RuntimeError("not listening")
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        return f"ws://{self.host}:{port}"
+
+    @property
+    def links(self) -> int:
+        """Connections open now."""
+        return len(self._links)
+
+    async def stop(self) -> None:
+        """Close every link and stop listening."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        session = self._make_session()
+        link = Link(ws, session, self._hub, timeout=None)
+        self._links.add(link)
+        try:
+            await link.run()
+        finally:
+            self._links.discard(link)
+            if session.error is not None and session.error.code != "connection_lost":
+                log.warning("link from %s closed: %s", session.remote_id or ws.remote_address, session.error)
+
+    def _fan_out(self, document: str) -> None:
+        now = time.time()
+        for link in self._links:
+            if link.session.mode == "live" and link.session.has_document(document):
+                link.session.local_changed(document, now)
+                link.wake()
+
+
 def _closed_reason(exc: ConnectionClosed) -> str:
     received = exc.rcvd
     if received is not None and received.reason:
@@ -147,38 +215,66 @@ def _closed_reason(exc: ConnectionClosed) -> str:
 
 
 class _Run:
-    """Drives one device-side session and reports it into the replica's status."""
+    """Drives one device-side session and reports it: into the replica's
+    (relay-facing) status when the other side is the relay, into that peer's
+    status when it is a peer. ``outcome`` is this run's own result."""
 
-    def __init__(self, replica: Replica, session: Session) -> None:
+    def __init__(self, replica: Replica, session: Session, *, peer: bool) -> None:
         self.replica = replica
         self.session = session
+        self.relay_facing = not peer
         self.link: Link | None = None
         self.decided = False
+        self.outcome: tuple[SyncState, ErrorInfo | None] = (SyncState.SYNCING, None)
 
     def progress(self) -> Progress:
         s = self.session
         return Progress(sent=s.sent, to_send=s.to_send, received=s.received, to_receive=s.to_receive)
 
     def on_event(self, session: Session, event: Event) -> None:
+        if isinstance(event, Connected):
+            if event.remote_role == "relay":
+                remember_relay_answer(self.replica, event.credential)
+            elif self.relay_facing:  # it turned out to be a peer: the home screen is not about it
+                self.relay_facing = False
+                self.replica._set_run(SyncState.IDLE, progress=Progress())
         if isinstance(event, Completed):
             self.decided = True
-            self.replica._set_run(SyncState.SYNCED, progress=self.progress(), synced_at=time.time())
+            self.outcome = (SyncState.SYNCED, None)
+            if self.relay_facing:
+                self.replica._set_run(SyncState.SYNCED, progress=self.progress(), synced_at=time.time())
+            else:
+                self._peer_done(time.time(), None)
             if session.mode == "once" and self.link is not None:
                 self.link.stop()
         elif isinstance(event, Closed):
             self.fail(event.error or ErrorInfo("connection_lost", "the connection closed before the end", True))
-        else:
+        elif self.relay_facing:
             self.replica._set_run(progress=self.progress())
 
     def fail(self, error: ErrorInfo) -> None:
         if not self.decided or self.session.mode == "live":
             self.decided = True
-            self.replica._set_run(SyncState.FAILED, progress=self.progress(), error=error)
+            self.outcome = (SyncState.FAILED, error)
+            if self.relay_facing:
+                self.replica._set_run(SyncState.FAILED, progress=self.progress(), error=error)
+            elif self.session.remote_id is not None:
+                self._peer_done(None, error)
+
+    def _peer_done(self, synced_at: float | None, error: ErrorInfo | None) -> None:
+        assert self.session.remote_id is not None
+        missing = max(0, self.session.to_receive - self.session.received)
+        self.replica._set_peer(self.session.remote_id, synced_at=synced_at, error=error, to_receive=missing)
 
     def local_changed(self, document: str) -> None:
         self.session.local_changed(document, time.time())
         if self.link is not None:
             self.link.wake()
+
+    def status(self) -> SyncStatus:
+        """The replica's status, with this run's own state, error and progress."""
+        state, error = self.outcome
+        return replace(self.replica.status(), state=state, error=error, progress=self.progress())
 
 
 async def run_link(
@@ -188,13 +284,20 @@ async def run_link(
     credential: str | None,
     mode: str,
     timeout: float,
+    peer: bool = False,
     limits: Limits | None = None,
-) -> Session:
-    """Run one device session over one connection and return it (its
-    ``error`` is None if it ended cleanly). Once: returns when the run
-    completed or failed. Live: returns when the connection ends."""
-    session = Session(replica, role="device", initiator=True, mode=mode, credential=credential, limits=limits)
-    run = _Run(replica, session)
+) -> _Run:
+    """Run one device session over one connection. Once: returns when the
+    run completed or failed. Live: returns when the connection ends."""
+    session = Session(
+        replica,
+        role="device",
+        initiator=True,
+        mode=mode,
+        trust=DeviceTrust(replica, credential),
+        limits=limits,
+    )
+    run = _Run(replica, session, peer=peer)
     hub = Hub(replica, run.on_event)
     try:
         async with connect(url, max_size=WS_MAX_SIZE, open_timeout=timeout, compression=None) as ws:
@@ -211,7 +314,7 @@ async def run_link(
         run.fail(_connect_error(url, exc))
     if not run.decided:
         run.fail(session.error or ErrorInfo("connection_lost", "the connection closed before the end", True))
-    return session
+    return run
 
 
 def _connect_error(url: str, exc: BaseException) -> ErrorInfo:
@@ -232,12 +335,14 @@ async def sync_once(
     *,
     credential: str | None,
     timeout: float = DEFAULT_TIMEOUT,
+    peer: bool = False,
     limits: Limits | None = None,
 ) -> SyncStatus:
     """One sync run; returns the final status (``SYNCED`` or ``FAILED``)."""
-    replica._set_run(SyncState.SYNCING, progress=Progress())
-    await run_link(replica, url, credential=credential, mode="once", timeout=timeout, limits=limits)
-    return replica.status()
+    if not peer:
+        replica._set_run(SyncState.SYNCING, progress=Progress())
+    run = await run_link(replica, url, credential=credential, mode="once", timeout=timeout, peer=peer, limits=limits)
+    return run.status()
 
 
 def backoff(
@@ -257,6 +362,7 @@ async def sync_live(
     *,
     credential: str | None,
     timeout: float = DEFAULT_TIMEOUT,
+    peer: bool = False,
     limits: Limits | None = None,
     max_delay: float = 60.0,
 ) -> SyncStatus:
@@ -264,10 +370,14 @@ async def sync_live(
     an error that retrying cannot fix; reconnect after drops."""
     delays = backoff(cap=max_delay)
     while True:
-        replica._set_run(SyncState.SYNCING, progress=Progress())
-        session = await run_link(replica, url, credential=credential, mode="live", timeout=timeout, limits=limits)
+        if not peer:
+            replica._set_run(SyncState.SYNCING, progress=Progress())
+        run = await run_link(
+            replica, url, credential=credential, mode="live", timeout=timeout, peer=peer, limits=limits
+        )
+        session = run.session
         if session.error is not None and not session.error.retryable:
-            return replica.status()
+            return run.status()
         if session.completed:  # it had caught up: this is a fresh drop, start the delays over
             delays = backoff(cap=max_delay)
         pause = next(delays)

@@ -13,22 +13,18 @@ replica id, so that credentials can be issued while the relay runs).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-from websockets.asyncio.server import Server, ServerConnection, serve
 
 from replica import wire
 from replica.credentials import CredentialError, PublicKey, SigningKey
 from replica.errors import ReplicaError
 from replica.names import new_replica_id
-from replica.net import WS_MAX_SIZE, Hub, Link
+from replica.net import Listener
 from replica.replica import Replica
 from replica.session import Event, Grant, Limits, Session
 
@@ -71,17 +67,14 @@ class Relay:
         self.replica_id, self._key = relay_identity(self.data)
         self.public_key: PublicKey = self._key.public_key()
         self.replica: Replica | None = None
-        self._server: Server | None = None
-        self._hub: Hub | None = None
-        self._links: set[Link] = set()
+        self._listener: Listener | None = None
 
     @property
     def url(self) -> str:
         """``ws://host:port`` of the running relay."""
-        if self._server is None:
+        if self._listener is None:
             raise RuntimeError("the relay is not running")
-        port = next(iter(self._server.sockets)).getsockname()[1]
-        return f"ws://{self.host}:{port}"
+        return self._listener.url
 
     def issue_credential(
         self,
@@ -105,35 +98,29 @@ class Relay:
 
     async def start(self) -> None:
         """Open the data directory and start listening."""
-        self.replica = Replica.open(self.data, replica_id=self.replica_id)
-        self._hub = Hub(self.replica, self._on_event)
-        self.replica.on_change(self._fan_out)
-        self._server = await serve(
-            self._serve,
-            self.host,
-            self.port,
-            max_size=WS_MAX_SIZE,
-            compression=None,
-            ping_interval=20,
-            ping_timeout=20,
-        )
+        replica = self.replica = Replica.open(self.data, replica_id=self.replica_id)
+
+        def session() -> Session:
+            return Session(replica, role="relay", initiator=False, authorize=self._authorize, limits=self.limits)
+
+        self._listener = Listener(replica, session, self._on_event)
+        try:
+            await self._listener.start(self.host, self.port)
+        except BaseException:
+            replica.close()
+            self.replica = self._listener = None
+            raise
         log.info("relay %s listening on %s", self.replica_id, self.url)
 
     async def stop(self) -> None:
         """Close every connection and the data directory. Everything
         acknowledged is already on disk."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self.replica is not None:
             self.replica.close()
             self.replica = None
-
-    async def serve_forever(self) -> None:
-        """Serve until cancelled."""
-        assert self._server is not None
-        await self._server.serve_forever()
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -146,18 +133,6 @@ class Relay:
 
     # -- links ---------------------------------------------------------------
 
-    async def _serve(self, ws: ServerConnection) -> None:
-        assert self.replica is not None and self._hub is not None
-        session = Session(self.replica, role="relay", initiator=False, authorize=self._authorize, limits=self.limits)
-        link = Link(ws, session, self._hub, timeout=None)
-        self._links.add(link)
-        try:
-            await link.run()
-        finally:
-            self._links.discard(link)
-            if session.error is not None and session.error.code != "connection_lost":
-                log.warning("link from %s closed: %s", session.remote_id or ws.remote_address, session.error)
-
     def _authorize(self, hello: wire.Hello, now: float) -> Grant:
         if hello.role != "device":
             raise ReplicaError(f"a relay serves devices, not a {hello.role}", code="unexpected_role")
@@ -169,23 +144,27 @@ class Relay:
         credential.check(replica_id=hello.replica_id, now=now)
         if hello.replica_id == self.replica_id:
             raise ReplicaError("a device is using the relay's own replica id", code="replica_id_clash")
-        return Grant(hello.replica_id, credential.allows)
+        bound = None
+        if hello.device_key is not None:
+            if credential.device_key not in (None, hello.device_key):
+                raise CredentialError(
+                    "this credential is bound to another device's key; install the credential issued for this device",
+                    code="credential_invalid",
+                )
+            # The same rights, bound to the device's key, so that peers can check who holds it.
+            bound = (
+                hello.credential
+                if credential.device_key
+                else self._key.issue(
+                    issuer=self.replica_id,
+                    replica_id=credential.replica_id,
+                    documents=credential.documents,
+                    expires_at=credential.expires_at,
+                    now=now,
+                    device_key=hello.device_key,
+                )
+            )
+        return Grant(hello.replica_id, credential.allows, credential=bound, relay_key=self.public_key.raw)
 
     def _on_event(self, session: Session, event: Event) -> None:
         """Nothing to do on the relay side: sessions ack and close themselves."""
-
-    def _fan_out(self, document: str) -> None:
-        """New deltas of ``document`` are stored: offer them to live links."""
-        now = time.time()
-        for link in self._links:
-            if link.session.mode == "live" and link.session.has_document(document):
-                link.session.local_changed(document, now)
-                link.wake()
-
-
-async def run_relay(relay: Relay, *, ready: Any = None) -> None:
-    """Run ``relay`` until cancelled (the CLI's SIGINT/SIGTERM handler cancels)."""
-    async with relay:
-        if ready is not None:
-            ready(relay)
-        await asyncio.Future()

@@ -24,8 +24,11 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from replica import delta as deltas
 from replica import errors
@@ -34,9 +37,12 @@ from replica.doc import Document, UpdateFailed
 from replica.log import DeltaLog, Rejection, VersionVector
 from replica.names import check_document_name, check_replica_id, new_replica_id
 from replica.session import RELAY
-from replica.status import Progress, Rejected, SyncState, SyncStatus
+from replica.status import PeerStatus, Progress, Rejected, SyncState, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from replica.peer import PeerServer
 
 log = logging.getLogger("replica.replica")
 
@@ -65,6 +71,7 @@ class Replica:
     ) -> None:
         """Use :meth:`open` or :meth:`in_memory` rather than this."""
         self._log = DeltaLog(store)
+        self.path: Path | None = None  #: the data directory (None in memory)
         self._documents: dict[str, Document] = {}
         self._closed = False
         self.max_delta_bytes = max_delta_bytes
@@ -75,7 +82,7 @@ class Replica:
         self._run_state = SyncState.IDLE
         self._run_progress = Progress()
         self._run_error: errors.ErrorInfo | None = None
-        self._sync_task: asyncio.Task[SyncStatus] | None = None
+        self._sync_tasks: dict[str, asyncio.Task[SyncStatus]] = {}
         try:
             with self._log.write() as txn:
                 self.id = self._init_meta(txn, replica_id)
@@ -129,6 +136,7 @@ class Replica:
             asyncio.get_running_loop()  # RuntimeError before anything is opened
         store = LmdbStore(path, map_size=options.pop("map_size", DEFAULT_MAP_SIZE))
         replica = cls(store, replica_id=replica_id, **options)
+        replica.path = Path(path)
         if sync_on_open is not None:
             url, credential = sync_on_open
             replica._start_sync(url, credential=credential, live=False, timeout=30.0)
@@ -147,8 +155,8 @@ class Replica:
             return
         if self._log.store.in_write:
             raise RuntimeError("close() inside replica.batch()")
-        if self._sync_task is not None and not self._sync_task.done():
-            self._sync_task.cancel()
+        for task in self._sync_tasks.values():
+            task.cancel()
         self._closed = True
         for document in self._documents.values():
             document.close()
@@ -213,7 +221,7 @@ class Replica:
     # -- syncing with a relay ------------------------------------------------
 
     async def sync(
-        self, url: str, *, credential: str | None = None, live: bool = False, timeout: float = 30.0
+        self, url: str, *, credential: str | None = None, live: bool = False, timeout: float = 30.0, peer: bool = False
     ) -> SyncStatus:
         """Sync with the relay at ``url`` and return the final status.
 
@@ -222,35 +230,51 @@ class Replica:
         or ``FAILED`` (with an error saying whether retrying can help). Live:
         stay connected, push each new delta at once, receive others', and
         reconnect after drops, until cancelled or a non-retryable error.
-        A call while a sync runs joins it. ``credential``: the token issued
-        by the relay (the last one used is remembered).
+        A call while a sync with the same URL runs joins it. ``credential``:
+        the token issued by the relay (the last one used is remembered).
+
+        The same call syncs with another device serving peers
+        (:meth:`serve_peers`); pass ``peer=True`` so that the relay-facing
+        :meth:`status` is left alone (the peer's shows in :meth:`peers`). The
+        returned status carries this run's own state and error either way.
         """
-        task = self._sync_task
+        task = self._sync_tasks.get(url)
         if task is None or task.done():
-            task = self._start_sync(url, credential=credential, live=live, timeout=timeout)
+            task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer)
         return await asyncio.shield(task)
+
+    async def serve_peers(self, host: str = "0.0.0.0", port: int = 8766, **options: Any) -> PeerServer:
+        """Accept other devices syncing with this one (see ``replica.peer``);
+        returns the running server (``await server.stop()``, or ``async with``)."""
+        from replica.peer import PeerServer
+
+        server = PeerServer(self, **options)
+        await server.start(host, port)
+        return server
 
     def sync_blocking(self, url: str, **options: Any) -> SyncStatus:
         """:meth:`sync` for code without an event loop."""
         return asyncio.run(self.sync(url, **options))
 
-    def _start_sync(self, url: str, *, credential: str | None, live: bool, timeout: float) -> asyncio.Task[SyncStatus]:
+    def _start_sync(
+        self, url: str, *, credential: str | None, live: bool, timeout: float, peer: bool = False
+    ) -> asyncio.Task[SyncStatus]:
         from replica import net
 
         self._check_open()
         if credential is not None:
-            with self._writing() as txn:
-                self._log.set_meta(txn, "credential", credential)
+            self.set_setting("credential", credential)
         else:
-            with self._log.read() as txn:
-                credential = self._log.get_meta(txn, "credential")
-        self._run_state = SyncState.SYNCING
-        self._run_error = None
+            credential = self.setting("credential")
+        if not peer:
+            self._run_state = SyncState.SYNCING
+            self._run_error = None
         runner = net.sync_live if live else net.sync_once
-        self._sync_task = asyncio.get_running_loop().create_task(
-            runner(self, url, credential=credential, timeout=timeout)
+        task = asyncio.get_running_loop().create_task(
+            runner(self, url, credential=credential, timeout=timeout, peer=peer)
         )
-        return self._sync_task
+        self._sync_tasks[url] = task
+        return task
 
     async def statuses(self) -> AsyncIterator[SyncStatus]:
         """Every status change, as an async iterator (starting with the current one)."""
@@ -487,6 +511,50 @@ class Replica:
         self._log.append(txn, item)
         self._touched.add(item.document)
         return True
+
+    # -- peers ---------------------------------------------------------------
+
+    def peers(self) -> dict[str, PeerStatus]:
+        """Where syncing with each peer device stands (the relay-facing
+        status is :meth:`status`)."""
+        self._check_open()
+        out = {}
+        with self._log.read() as txn:
+            for key, raw in txn.scan("meta", b"peer.", b"peer/"):
+                peer = key[len(b"peer.") :].decode()
+                record = msgpack.unpackb(raw)
+                documents = self._log.watermarked_documents(txn, peer)
+                error = None if record["error"] is None else errors.ErrorInfo(*record["error"])
+                out[peer] = PeerStatus(
+                    peer, self._log.not_covered(txn, peer, documents), record["to_receive"], record["synced_at"], error
+                )
+        return out
+
+    def _set_peer(self, peer: str, *, synced_at: float | None, error: errors.ErrorInfo | None, to_receive: int) -> None:
+        """Record the end of a sync with ``peer`` (for the sync machinery)."""
+        with self._writing() as txn:
+            old = self._log.peer_record(txn, peer)
+            last = old["synced_at"] if old is not None and synced_at is None else synced_at
+            record = {
+                "synced_at": last,
+                "error": None if error is None else [error.code, error.message, error.retryable],
+                "to_receive": to_receive,
+            }
+            self._log.set_peer_record(txn, peer, record)
+            self._status_dirty = True
+
+    # -- settings kept with the data (for the sync machinery) ----------------
+
+    def setting(self, name: str) -> str | None:
+        """A value stored with this replica's data (credentials, pinned keys)."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.get_meta(txn, "setting." + name)
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Store a value with this replica's data, durably."""
+        with self._writing() as txn:
+            self._log.set_meta(txn, "setting." + name, value)
 
     # -- what remotes hold and refuse (for the sync machinery) ---------------
 

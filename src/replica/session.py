@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from replica import wire
 from replica.delta import Delta
@@ -70,13 +70,16 @@ def remote_key(remote_id: str, remote_role: str) -> str:
 @dataclass(frozen=True)
 class Connected:
     """The handshake is done; ``documents`` are the other side's version
-    vectors at that moment."""
+    vectors at that moment. From a relay: ``credential`` is a credential bound
+    to this device's key, ``relay_key`` the relay's public key."""
 
     remote_id: str
     remote_role: str
     documents: dict[str, VersionVector]
     to_send: int
     to_receive: int
+    credential: str | None = None
+    relay_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -136,11 +139,32 @@ Event = Connected | Incoming | Acknowledged | Denied | Rejected | Completed | Cl
 
 @dataclass(frozen=True)
 class Grant:
-    """What an acceptor allows a remote that passed authorization."""
+    """What an acceptor allows a remote that passed authorization, and what
+    it puts in its ``welcome``. With ``verify_proof`` set (peers), nothing is
+    exchanged until the initiator's ``proof`` frame passes it."""
 
     replica_id: str
     allows: Callable[[str], bool]
     offer_all: bool = True  # also offer every local document it allows
+    credential: str | None = None
+    relay_key: bytes | None = None
+    challenge: bytes | None = None
+    proof: bytes | None = None
+    verify_proof: Callable[[bytes], None] | None = None
+
+
+class Trust(Protocol):
+    """How an initiator presents itself and checks who answered (see
+    ``replica.trust``). Raise a :class:`~replica.errors.ReplicaError` to refuse."""
+
+    def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None]:
+        """``(credential, challenge, device public key)`` for the ``hello``."""
+        ...
+
+    def check_welcome(self, welcome: wire.Welcome, now: float) -> tuple[Callable[[str], bool], bytes | None]:
+        """Which documents may be exchanged with that side, and the proof to
+        send it (None: no proof frame, as with a relay)."""
+        ...
 
 
 #: Called by an acceptor with the ``hello`` and ``now``; returns a grant or
@@ -170,6 +194,10 @@ class _Doc:
     start_local: VersionVector
     start_remote: VersionVector
     pending: deque[Delta] = field(default_factory=deque)
+
+
+def _everything(document: str) -> bool:
+    return True
 
 
 def covers(big: VersionVector, small: VersionVector) -> bool:
@@ -209,6 +237,7 @@ class Session:
         mode: str = "once",
         credential: str | None = None,
         authorize: Authorizer | None = None,
+        trust: Trust | None = None,
         documents: Iterable[str] | None = None,
         limits: Limits | None = None,
     ) -> None:
@@ -223,6 +252,10 @@ class Session:
         self.credential = credential
         self.limits = limits or Limits()
         self._authorize = authorize
+        self._trust = trust
+        self._allows: Callable[[str], bool] = _everything
+        self._pending_begin: tuple[dict[str, VersionVector], dict[str, VersionVector]] | None = None
+        self._welcome_extras: tuple[str | None, bytes | None] = (None, None)
         self._wanted = None if documents is None else list(documents)
         self.state = "idle"  # idle -> handshake -> open -> closed
         self.remote_id: str | None = None
@@ -250,7 +283,21 @@ class Session:
         names = self.replica.documents() if self._wanted is None else self._wanted
         documents = {name: self.replica.version_vector(name) for name in names}
         tips = {name: self.replica.tips(name) for name in names}
-        self._send(wire.Hello(self.replica.id, self.role, self.credential, documents, mode=self.mode, tips=tips))
+        credential, challenge, key = self.credential, None, None
+        if self._trust is not None:
+            credential, challenge, key = self._trust.hello_fields()
+        self._send(
+            wire.Hello(
+                self.replica.id,
+                self.role,
+                credential,
+                documents,
+                mode=self.mode,
+                tips=tips,
+                challenge=challenge,
+                device_key=key,
+            )
+        )
         self.state = "handshake"
 
     def receive(self, data: bytes, now: float = 0.0) -> None:
@@ -297,7 +344,7 @@ class Session:
             return
         state = self._docs.get(document)
         if state is None:
-            if self.initiator and len(self._docs) < self.limits.max_documents:
+            if self.initiator and self._allows(document) and len(self._docs) < self.limits.max_documents:
                 self._docs[document] = _Doc({}, {}, {}, {})
                 self._send(wire.Open(document, self.replica.version_vector(document)))
             return
@@ -364,7 +411,11 @@ class Session:
         if self.state == "idle" and not self.initiator and isinstance(frame, wire.Hello):
             self._accept(frame, now)
         elif self.state == "handshake" and isinstance(frame, wire.Welcome):
-            self._welcomed(frame)
+            self._welcomed(frame, now)
+        elif self.state == "proving" and isinstance(frame, wire.Proof):
+            assert self._grant is not None and self._grant.verify_proof is not None and self._pending_begin
+            self._grant.verify_proof(frame.proof)
+            self._begin(*self._pending_begin)
         elif self.state == "open" and isinstance(frame, wire.Deltas):
             if frame.document not in self._docs:
                 raise ReplicaError(
@@ -411,14 +462,40 @@ class Session:
         self._check_tips(hello.documents, hello.tips)
         local = {name: self.replica.version_vector(name) for name in sorted(names)}
         tips = {name: self.replica.tips(name) for name in local}
-        self._send(wire.Welcome(self.replica.id, self.role, local, denied, tips=tips))
-        self._begin(local, {d: hello.documents.get(d, {}) for d in names})
+        self._send(
+            wire.Welcome(
+                self.replica.id,
+                self.role,
+                local,
+                denied,
+                tips=tips,
+                challenge=grant.challenge,
+                proof=grant.proof,
+                credential=grant.credential,
+                relay_key=grant.relay_key,
+            )
+        )
+        remote = {d: hello.documents.get(d, {}) for d in names}
+        if grant.verify_proof is not None:  # a peer: wait for its proof before exchanging anything
+            self.state = "proving"
+            self._pending_begin = (local, remote)
+        else:
+            self._begin(local, remote)
 
-    def _welcomed(self, welcome: wire.Welcome) -> None:
+    def _welcomed(self, welcome: wire.Welcome, now: float) -> None:
+        if self._trust is not None:
+            self._allows, proof = self._trust.check_welcome(welcome, now)
+        elif welcome.role == "relay":
+            proof = None
+        else:
+            raise ReplicaError(f"a {welcome.role} answered, and this session cannot check it", code="unexpected_role")
         self.remote_id, self.remote_role = welcome.replica_id, welcome.role
+        self._welcome_extras = (welcome.credential, welcome.relay_key)
         for document, (code, message) in welcome.denied.items():
             self._events.append(Denied(document, code, message))
-        names = set(welcome.documents)
+        for document in sorted(d for d in welcome.documents if not self._allows(d)):
+            self._events.append(Denied(document, "document_out_of_scope", f"this device may not sync {document!r}"))
+        names = {d for d in welcome.documents if self._allows(d)}
         if self._wanted is not None:
             names &= set(self._wanted)
         if len(names) > self.limits.max_documents:
@@ -426,6 +503,8 @@ class Session:
                 f"offered {len(names)} documents; at most {self.limits.max_documents}", code="too_many_documents"
             )
         self._check_tips(welcome.documents, welcome.tips)
+        if proof is not None:
+            self._send(wire.Proof(proof))
         local = {name: self.replica.version_vector(name) for name in sorted(names)}
         self._begin(local, {d: welcome.documents[d] for d in names})
 
@@ -454,7 +533,9 @@ class Session:
             self.to_receive += count_missing(vv, remote[name])
             self._refill(name, count=True)
         assert self.remote_id is not None and self.remote_role is not None
-        self._events.append(Connected(self.remote_id, self.remote_role, remote, self.to_send, self.to_receive))
+        self._events.append(
+            Connected(self.remote_id, self.remote_role, remote, self.to_send, self.to_receive, *self._welcome_extras)
+        )
         self._check_complete()
 
     def _refill(self, document: str, *, count: bool) -> None:

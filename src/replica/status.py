@@ -85,3 +85,20 @@ class Rejected:
     count: int
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """Where syncing with one peer device stands.
+
+    ``to_send``: deltas here that the peer has not acknowledged, in the
+    documents shared with it so far (derived from the log and the peer's
+    watermark); ``to_receive``: what the peer held that was still missing here
+    when the last sync with it ended.
+    """
+
+    peer_id: str
+    to_send: int
+    to_receive: int
+    last_synced_at: float | None
+    error: ErrorInfo | None

@@ -53,6 +53,7 @@ class Hello:
     tips: dict[str, dict[str, bytes]] = field(default_factory=dict)
     challenge: bytes | None = None
     proof: bytes | None = None
+    device_key: bytes | None = None
     version: int = VERSION
 
 
@@ -69,7 +70,15 @@ class Welcome:
     challenge: bytes | None = None
     proof: bytes | None = None
     credential: str | None = None
+    relay_key: bytes | None = None
     version: int = VERSION
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Peer handshake, initiator: its signature over the acceptor's challenge."""
+
+    proof: bytes
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ class Error:
     seq: int | None = None
 
 
-Frame = Hello | Welcome | Deltas | Ack | Open | Opened | Done | Error
+Frame = Hello | Welcome | Proof | Deltas | Ack | Open | Opened | Done | Error
 
 
 # -- encoding ----------------------------------------------------------------
@@ -156,9 +165,12 @@ def encode(frame: Frame) -> bytes:
                     "mode": frame.mode,
                     "chal": frame.challenge,
                     "proof": frame.proof,
+                    "key": frame.device_key,
                 }
             )
         )
+    if isinstance(frame, Proof):
+        return _packb({"t": "proof", "proof": frame.proof})
     if isinstance(frame, Welcome):
         return _packb(
             _compact(
@@ -173,6 +185,7 @@ def encode(frame: Frame) -> bytes:
                     "chal": frame.challenge,
                     "proof": frame.proof,
                     "cred": frame.credential,
+                    "rkey": frame.relay_key,
                 }
             )
         )
@@ -331,7 +344,15 @@ def _hello(body: dict[str, Any], _: int) -> Hello:
         tips=_tips(body.get("tips", {})),
         challenge=_bytes(body, "chal"),
         proof=_bytes(body, "proof"),
+        device_key=_bytes(body, "key", 32),
     )
+
+
+def _proof(body: dict[str, Any], _: int) -> Proof:
+    proof = _bytes(body, "proof")
+    if proof is None:
+        raise ValueError("a proof frame carries 'proof'")
+    return Proof(proof)
 
 
 def _welcome(body: dict[str, Any], _: int) -> Welcome:
@@ -355,6 +376,7 @@ def _welcome(body: dict[str, Any], _: int) -> Welcome:
         challenge=_bytes(body, "chal"),
         proof=_bytes(body, "proof"),
         credential=_str(body, "cred", optional=True, limit=16384),
+        relay_key=_bytes(body, "rkey", 32),
     )
 
 
@@ -422,6 +444,7 @@ def _error(body: dict[str, Any], _: int) -> Error:
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Frame]] = {
     "hello": _hello,
     "welcome": _welcome,
+    "proof": _proof,
     "deltas": _deltas,
     "ack": _ack,
     "open": _open,
