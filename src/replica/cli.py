@@ -97,6 +97,96 @@ def _public_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- peers -------------------------------------------------------------------
+
+
+def _peer_serve(args: argparse.Namespace) -> int:
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stop.set)
+        with Replica.open(args.data, replica_id=args.replica_id) as replica:
+            server = await replica.serve_peers(args.host, args.port)
+            print(f"Device {replica.id} serving peers on {server.url}", flush=True)
+            advertiser = None
+            if args.advertise:
+                from replica import discovery
+                from replica.trust import pinned_relay_key
+
+                relay_key = pinned_relay_key(replica)
+                port = int(server.url.rsplit(":", 1)[1])
+                info = discovery.service_info(
+                    replica.id, port, discovery.local_addresses(), None if relay_key is None else relay_key.key_id
+                )
+                advertiser = discovery.Advertiser(info)
+                await advertiser.start()
+                print(f"Advertised on the local network as {info.name}", flush=True)
+            try:
+                await stop.wait()
+            finally:
+                if advertiser is not None:
+                    await advertiser.stop()
+                await server.stop()
+        print("Peer server stopped.", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _peer_trust(args: argparse.Namespace) -> int:
+    from replica.credentials import PublicKey
+    from replica.trust import pin_relay_key
+
+    text = Path(args.relay_key).read_text().strip() if Path(args.relay_key).is_file() else args.relay_key
+    key = PublicKey.from_text(text)
+    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+        pin_relay_key(replica, key, replace=args.replace)
+        print(f"Device {replica.id} now trusts relay key {key.key_id} ({key.to_text()})")
+    return 0
+
+
+def _peer_key(args: argparse.Namespace) -> int:
+    from replica.trust import device_key
+
+    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+        print(device_key(replica).public_key().to_text())
+    return 0
+
+
+def _peer_list(args: argparse.Namespace) -> int:
+    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+        peers = replica.peers()
+        if not peers:
+            print("No peer syncs yet.")
+        for peer in peers.values():
+            when = (
+                "never"
+                if peer.last_synced_at is None
+                else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(peer.last_synced_at))
+            )
+            error = "" if peer.error is None else f", last error: {peer.error.message} [{peer.error.code}]"
+            print(f"{peer.peer_id}: to send {peer.to_send}, to receive {peer.to_receive}, last synced {when}{error}")
+    return 0
+
+
+def _peer_discover(args: argparse.Namespace) -> int:
+    from replica import discovery
+    from replica.trust import pinned_relay_key
+
+    relay_key_id = None
+    if args.data:
+        with Replica.open(args.data) as replica:
+            key = pinned_relay_key(replica)
+            relay_key_id = None if key is None else key.key_id
+    peers = asyncio.run(discovery.discover(timeout=args.timeout, relay_key_id=relay_key_id))
+    if not peers:
+        print("No peers found on the local network.")
+    for peer in peers:
+        print(f"{peer.replica_id}  {peer.url}")
+    return 0
+
+
 # -- sync --------------------------------------------------------------------
 
 
@@ -108,7 +198,9 @@ def _sync(args: argparse.Namespace) -> int:
             show = _Progress()
             unsubscribe = replica.subscribe(show)
             try:
-                return await replica.sync(args.relay, credential=credential, live=args.live, timeout=args.timeout)
+                return await replica.sync(
+                    args.relay, credential=credential, live=args.live, timeout=args.timeout, peer=args.peer
+                )
             finally:
                 unsubscribe()
                 show.end()
@@ -119,7 +211,7 @@ def _sync(args: argparse.Namespace) -> int:
         print("Sync stopped.", file=sys.stderr)
         return EXIT_RETRY
     if final.state is SyncState.SYNCED:
-        print("Data Synced")
+        print("Data Synced" if not args.peer else "Synced with the peer")
         for line in final.lines[1:]:
             print(line)
         return 0
@@ -190,8 +282,32 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--relay", required=True, metavar="URL", help="the relay, e.g. ws://127.0.0.1:8765")
     sync.add_argument("--credential", metavar="FILE", help="file holding the credential (default: the last used)")
     sync.add_argument("--live", action="store_true", help="stay connected and sync continuously")
+    sync.add_argument("--peer", action="store_true", help="the URL is another device serving peers, not the relay")
     sync.add_argument("--timeout", type=float, default=30.0, help="seconds without an answer before failing")
     sync.set_defaults(run=_sync)
+
+    peer = commands.add_parser("peer", help="sync with other devices in the field")
+    peer_commands = peer.add_subparsers(dest="peer_command", required=True)
+    serve = peer_commands.add_parser("serve", help="accept peers until Ctrl-C")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
+    serve.add_argument("--port", type=int, default=8766, help="port to listen on (default 8766; 0 picks one)")
+    serve.add_argument("--advertise", action="store_true", help="advertise on the local network (mDNS)")
+    serve.set_defaults(run=_peer_serve)
+    discover = peer_commands.add_parser("discover", help="list peers advertised on the local network (mDNS)")
+    discover.add_argument("--data", metavar="DIR", help="only peers vouched for by this device's relay")
+    discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
+    discover.set_defaults(run=_peer_discover)
+    trust = peer_commands.add_parser("trust", help="pin the relay's public key (from `replica relay public-key`)")
+    trust.add_argument("--relay-key", required=True, metavar="KEY_OR_FILE", help="ed25519:... or a file holding it")
+    trust.add_argument("--replace", action="store_true", help="replace a different key pinned before")
+    trust.set_defaults(run=_peer_trust)
+    key = peer_commands.add_parser("key", help="print this device's public key (to bind a credential to it)")
+    key.set_defaults(run=_peer_key)
+    listing = peer_commands.add_parser("list", help="show the peers this device synced with")
+    listing.set_defaults(run=_peer_list)
+    for command in (serve, trust, key, listing):
+        command.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
+        command.add_argument("--replica-id", help=REPLICA_ID_HELP)
     return parser
 
 
