@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import foundation  # noqa: F401  (registers its benchmarks)
+from benchmarks import foundation, relay  # noqa: F401  (registers their benchmarks)
 from benchmarks._common import REGISTRY, Result, machine_info, to_json, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
