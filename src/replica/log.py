@@ -123,16 +123,22 @@ class DeltaLog:
     def _origin(self, txn: Txn, origin: str, create: bool = False) -> int | None:
         return self._intern(txn, "origins", origin, self._origin_ids, self._origin_names, create)
 
-    def _origin_name(self, txn: Txn, number: int) -> str:
-        name = self._origin_names.get(number)
+    def _name(self, txn: Txn, table: str, number: int, ids: dict[str, int], names: dict[int, str]) -> str:
+        name = names.get(number)
         if name is None:
-            raw = txn.get("origins", b"i" + _U32.pack(number))
+            raw = txn.get(table, b"i" + _U32.pack(number))
             if raw is None:
-                raise LookupError(f"origin #{number} missing from the log")
+                raise LookupError(f"{table} #{number} missing from the log")
             name = raw.decode()
-            self._origin_names[number] = name
-            self._origin_ids[name] = number
+            names[number] = name
+            ids[name] = number
         return name
+
+    def _origin_name(self, txn: Txn, number: int) -> str:
+        return self._name(txn, "origins", number, self._origin_ids, self._origin_names)
+
+    def _doc_name(self, txn: Txn, number: int) -> str:
+        return self._name(txn, "documents", number, self._doc_ids, self._doc_names)
 
     def documents(self, txn: Txn) -> list[str]:
         """Names of every document with at least one delta, sorted."""
@@ -342,14 +348,6 @@ class DeltaLog:
             out.append(Rejection(name, None if number == _ALL else self._origin_name(txn, number), seq, code, message))
         return out
 
-    def _doc_name(self, txn: Txn, number: int) -> str:
-        name = self._doc_names.get(number)
-        if name is None:
-            raw = txn.get("documents", b"i" + _U32.pack(number))
-            if raw is None:
-                raise LookupError(f"document #{number} missing from the log")
-            name = raw.decode()
-        return name
 
     def sync_counts(self, txn: Txn, remote: str) -> tuple[int, int]:
         """``(unsynced, rejected)`` toward ``remote``: deltas held here, of any

@@ -32,16 +32,16 @@ _TRACKED_ROLES = ("relay", "peer")
 
 
 def settle(replica: Replica, sessions: Iterable[Session]) -> list[tuple[Session, Event]]:
-    """Apply storage events of ``sessions`` in one commit; return the others
-    (``Connected``, ``Completed``, ``Closed``...) in order, for the edge."""
+    """Apply the storage events of ``sessions`` in one commit, tell each
+    session what became of its batches, and return every event, in order,
+    for the edge to report (all of them already stored)."""
     stored: list[tuple[Session, Event]] = []
     others: list[tuple[Session, Event]] = []
     for session in sessions:
         for event in session.events():
             if isinstance(event, Incoming | Acknowledged | Denied | Rejected | Connected):
                 stored.append((session, event))
-            if not isinstance(event, Incoming | Acknowledged):
-                others.append((session, event))
+            others.append((session, event))
     if not stored:
         return others
     results: list[tuple[Session, Incoming, IngestResult]] = []
