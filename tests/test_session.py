@@ -280,3 +280,22 @@ def test_too_many_documents(relay: Replica) -> None:
     session = Session(relay, role="relay", initiator=False, authorize=grant_all, limits=Limits(max_documents=3))
     session.receive(wire.encode(wire.Hello("dev-a", "device", None, {f"d{i}": {} for i in range(4)})))
     assert session.error is not None and session.error.code == "too_many_documents"
+
+
+def test_live_open_sends_nothing_before_the_answer(device: Replica, relay: Replica) -> None:
+    link = Wire(device, relay, mode="live")
+    link.run()
+    device.doc("c7/new").records("r").put("a", {"v": 1})
+    link.device.local_changed("c7/new")
+    device.doc("c7/new").records("r").put("b", {"v": 2})
+    link.device.local_changed("c7/new")
+    frames = [wire.decode(f) for f in link.device.data_to_send()]
+    assert [type(f).__name__ for f in frames] == ["Open"]
+    for frame in frames:
+        link.relay.receive(wire.encode(frame))
+    while link.step():
+        pass
+    sent = [wire.decode(f) for name, f in link.in_flight if name == "up"]
+    batches = [f for f in sent if isinstance(f, wire.Deltas) and f.document == "c7/new"]
+    assert sum(len(b.deltas) for b in batches) == 2  # each delta once
+    assert relay.version_vector("c7/new") == {"dev-a": 2}

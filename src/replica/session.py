@@ -194,6 +194,7 @@ class _Doc:
     start_local: VersionVector
     start_remote: VersionVector
     pending: deque[Delta] = field(default_factory=deque)
+    opening: bool = False  # asked with ``open``; nothing is sent before ``opened``
 
 
 def _everything(document: str) -> bool:
@@ -345,10 +346,10 @@ class Session:
         state = self._docs.get(document)
         if state is None:
             if self.initiator and self._allows(document) and len(self._docs) < self.limits.max_documents:
-                self._docs[document] = _Doc({}, {}, {}, {})
+                self._docs[document] = _Doc({}, {}, {}, {}, opening=True)
                 self._send(wire.Open(document, self.replica.version_vector(document)))
             return
-        if self._grant is not None and not self._grant.allows(document):
+        if state.opening or (self._grant is not None and not self._grant.allows(document)):
             return
         self._refill(document, count=True)
         self._pump(now)
@@ -580,6 +581,7 @@ class Session:
             del self._docs[frame.document]
             self._events.append(Denied(frame.document, *frame.denied))
             return
+        state.opening = False
         state.remote.update(frame.vv)
         state.queued.update(frame.vv)
         self.to_receive += count_missing(self.replica.version_vector(frame.document), frame.vv)
