@@ -40,6 +40,8 @@ log = logging.getLogger("replica.net")
 #: the protocol limit and this get a proper ``error`` frame.
 WS_MAX_SIZE = 2 * wire.MAX_FRAME_BYTES
 DEFAULT_TIMEOUT = 30.0
+#: How long a server waits for a client's websocket handshake, then its hello.
+HANDSHAKE_TIMEOUT = 5.0
 
 EventHandler = Callable[[Session, Event], None]
 
@@ -83,11 +85,20 @@ class Hub:
 class Link:
     """One websocket connection carrying one session."""
 
-    def __init__(self, ws: Any, session: Session, hub: Hub, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        session: Session,
+        hub: Hub,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        handshake_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         self.ws = ws
         self.session = session
         self.hub = hub
-        self.timeout = timeout
+        self.timeout = timeout  # silence allowed once the session is open (None: forever, pings keep it honest)
+        self.handshake_timeout = handshake_timeout  # silence allowed before it is
         self._wake = asyncio.Event()
         self._stop = False
 
@@ -105,10 +116,11 @@ class Link:
         writer = asyncio.create_task(self._write_loop())
         try:
             while not self.session.closed:
+                limit = self.timeout if self.session.state == "open" else self.handshake_timeout
                 try:
-                    message = await asyncio.wait_for(self.ws.recv(), self.timeout)
+                    message = await asyncio.wait_for(self.ws.recv(), limit)
                 except TimeoutError:
-                    self.session.fail("timeout", f"nothing heard from the other side for {self.timeout} s", True)
+                    self.session.fail("timeout", f"nothing heard from the other side for {limit} s", True)
                     break
                 self.session.receive(message, time.time())
                 self.hub.kick(self)
@@ -159,7 +171,14 @@ class Listener:
         self.host = host
         self._unsubscribe = self.replica.on_change(self._fan_out)
         self._server = await serve(
-            self._serve, host, port, max_size=WS_MAX_SIZE, compression=None, ping_interval=20, ping_timeout=20
+            self._serve,
+            host,
+            port,
+            max_size=WS_MAX_SIZE,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            open_timeout=HANDSHAKE_TIMEOUT,
         )
 
     @property
@@ -181,13 +200,15 @@ class Listener:
             self._unsubscribe()
             self._unsubscribe = None
         if self._server is not None:
-            self._server.close()
+            self._server.close(close_connections=False)
+            for link in list(self._links):
+                await link.ws.close(1001, "the server is shutting down")
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, ws: ServerConnection) -> None:
         session = self._make_session()
-        link = Link(ws, session, self._hub, timeout=None)
+        link = Link(ws, session, self._hub, timeout=None, handshake_timeout=HANDSHAKE_TIMEOUT)
         self._links.add(link)
         try:
             await link.run()
