@@ -220,6 +220,20 @@ class PublicKey:
         """One printable line an operator can copy into a file, e.g. ``ed25519:Ab3...``."""
         return _TEXT_PREFIX + _b64encode(self.raw)
 
+    def verify_answer(self, challenge: bytes, signature: object, *, who: str) -> None:
+        """Raise :class:`CredentialError` (``proof_invalid``) unless ``signature`` is this key's
+        answer to ``challenge``, which the verifier must have chosen fresh. ``who`` names the holder
+        in the message."""
+        try:
+            if not isinstance(signature, bytes):
+                raise TypeError("the signature is not bytes")
+            self._key.verify(signature, _PROOF_DOMAIN + challenge)
+        except (InvalidSignature, TypeError, ValueError):
+            raise CredentialError(
+                f"{who} did not prove that it holds key {self.key_id}; it may be an impostor",
+                code=PROOF_INVALID,
+            ) from None
+
     def verify(self, token: object) -> Credential:
         """The credential ``token`` carries, if this key signed it; raises :class:`CredentialError`
         (``credential_invalid``) for anything else, whatever its type. Expiry and replica id are
@@ -323,6 +337,10 @@ class _KeyPair:
         """The public half, to publish (:meth:`PublicKey.to_text`)."""
         return self._public
 
+    def sign(self, challenge: bytes) -> bytes:
+        """The answer to a verifier's challenge (:meth:`PublicKey.verify_answer`, :func:`verify_proof`)."""
+        return self._private.sign(_PROOF_DOMAIN + challenge)
+
 
 def _create_exclusive(path: Path, data: bytes) -> bool:
     """Write a new owner-only file at ``path``, complete or not at all; False if ``path`` exists
@@ -401,10 +419,6 @@ class DeviceKey(_KeyPair):
     def public_raw(self) -> bytes:
         """The raw 32-byte public key, for ``SigningKey.issue(device_key=...)``."""
         return self._public.raw
-
-    def sign(self, challenge: bytes) -> bytes:
-        """The answer to a verifier's challenge, for :func:`verify_proof`."""
-        return self._private.sign(_PROOF_DOMAIN + challenge)
 
 
 def new_challenge() -> bytes:

@@ -348,7 +348,6 @@ class DeltaLog:
             out.append(Rejection(name, None if number == _ALL else self._origin_name(txn, number), seq, code, message))
         return out
 
-
     def sync_counts(self, txn: Txn, remote: str) -> tuple[int, int]:
         """``(unsynced, rejected)`` toward ``remote``: deltas held here, of any
         origin, not covered by its watermark, split by whether it refused them."""

@@ -315,7 +315,7 @@ async def run_link(
         role="device",
         initiator=True,
         mode=mode,
-        trust=DeviceTrust(replica, credential),
+        trust=DeviceTrust(replica, credential, peer=peer),
         limits=limits,
     )
     run = _Run(replica, session, peer=peer)

@@ -39,8 +39,8 @@ class PeerServer:
         return Session(self.replica, role="peer", initiator=False, authorize=trust.authorize, limits=self.limits)
 
     def _on_event(self, session: Session, event: Event) -> None:
-        if session.remote_id is None or session.remote_role != "device":
-            return
+        if session.remote_id is None or not session.opened:
+            return  # never authenticated: its claimed id proves nothing, record nothing under it
         missing = max(0, session.to_receive - session.received)
         if isinstance(event, Completed):
             self.replica._set_peer(session.remote_id, synced_at=time.time(), error=None, to_receive=missing)

@@ -164,7 +164,8 @@ class Relay:
                     device_key=hello.device_key,
                 )
             )
-        return Grant(hello.replica_id, credential.allows, credential=bound, relay_key=self.public_key.raw)
+        proof = None if hello.challenge is None else self._key.sign(hello.challenge)
+        return Grant(hello.replica_id, credential.allows, credential=bound, relay_key=self.public_key.raw, proof=proof)
 
     def _on_event(self, session: Session, event: Event) -> None:
         """Nothing to do on the relay side: sessions ack and close themselves."""

@@ -263,6 +263,7 @@ class Session:
         self.remote_role: str | None = None
         self.error: ErrorInfo | None = None
         self.completed = False
+        self.opened = False  # the handshake (and, with peers, both proofs) succeeded
         self._grant: Grant | None = None
         self._docs: dict[str, _Doc] = {}
         self._out: list[bytes] = []
@@ -525,6 +526,7 @@ class Session:
 
     def _begin(self, local: dict[str, VersionVector], remote: dict[str, VersionVector]) -> None:
         self.state = "open"
+        self.opened = True
         assert self.remote_id is not None and self.remote_role is not None
         for refusal in self.replica.rejections(remote_key(self.remote_id, self.remote_role)):
             if refusal.origin is not None:

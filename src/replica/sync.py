@@ -61,7 +61,8 @@ def _store(
     if session.remote_id is None or session.remote_role is None:
         return
     key = remote_key(session.remote_id, session.remote_role)
-    tracked = session.remote_role in _TRACKED_ROLES
+    # A device keeps watermarks for its relay and its peers, whichever side of the link it is on.
+    tracked = session.remote_role in _TRACKED_ROLES or session.role == "peer"
     if isinstance(event, Incoming):
         result = replica.ingest(event.deltas)
         results.append((session, event, result))

@@ -8,6 +8,10 @@ one presented) and its own public key, which the device pins on first sight.
 
 With those, two devices in the field authenticate each other offline:
 
+The relay proves it holds its key too: it signs the device's challenge, and
+the device checks that signature against the key it pinned (trust on first
+use, unless an operator pinned the key beforehand with ``replica peer trust``).
+
     initiator                                   acceptor
     hello(credential, challenge_i, key)   -->   verify credential with the pinned relay key
                                           <--   welcome(credential, challenge_a, sign(challenge_i))
@@ -76,8 +80,9 @@ class DeviceTrust:
     """The trust decisions of one device: as an initiator (the session's
     ``trust``) and as an acceptor of peers (the session's ``authorize``)."""
 
-    def __init__(self, replica: Replica, credential: str | None = None) -> None:
+    def __init__(self, replica: Replica, credential: str | None = None, *, peer: bool = False) -> None:
         self.replica = replica
+        self.peer = peer  # as an initiator: the other side must be a peer (never accept a "relay")
         self.key = device_key(replica)
         self.relay_key = pinned_relay_key(replica)
         self.credential = replica.setting(BOUND_CREDENTIAL) or credential
@@ -88,12 +93,12 @@ class DeviceTrust:
     def _peer_credential(self, token: str | None, replica_id: str, now: float) -> Credential:
         if self.relay_key is None:
             raise CredentialError(
-                "this device has no relay key to check other devices with; sync with the relay once first "
-                "(or pin its key with `replica peer trust`)",
+                f"device {self.replica.id} has no relay key to check other devices with; it must sync with "
+                "the relay once first (or have its key pinned with `replica peer trust`)",
                 code="credential_invalid",
             )
         if token is None:
-            raise CredentialError("the other device presented no credential", code="credential_missing")
+            raise CredentialError(f"device {replica_id} presented no credential", code="credential_missing")
         credential = self.relay_key.verify(token)
         credential.check(replica_id=replica_id, now=now)
         return credential
@@ -101,14 +106,15 @@ class DeviceTrust:
     def _own_credential(self, now: float) -> Credential:
         if self.credential is None or self.relay_key is None:
             raise CredentialError(
-                "this device has no credential for peers yet; sync with the relay once first",
+                f"device {self.replica.id} has no credential for peers yet; it must sync with the relay once first",
                 code="credential_missing",
             )
         own = self.relay_key.verify(self.credential)
         own.check(replica_id=self.replica.id, now=now)
         if own.device_key != self.key.public_raw:
             raise CredentialError(
-                "this device's credential is not bound to its key; sync with the relay once to get one",
+                f"the credential of device {self.replica.id} is not bound to its key; it must sync with the "
+                "relay once to get one",
                 code="credential_invalid",
             )
         return own
@@ -123,12 +129,16 @@ class DeviceTrust:
         return self.credential, self._challenge, self.key.public_raw
 
     def check_welcome(self, welcome: wire.Welcome, now: float) -> tuple[Callable[[str], bool], bytes | None]:
-        if welcome.role == "relay":
-            if welcome.relay_key is not None:
-                pin_relay_key(self.replica, PublicKey(welcome.relay_key))
+        if welcome.role == "relay" and not self.peer:
+            if welcome.relay_key is None:
+                raise CredentialError("the relay did not say which key it holds", code="proof_invalid")
+            relay_key = PublicKey(welcome.relay_key)
+            relay_key.verify_answer(self._challenge, welcome.proof, who=f"relay {welcome.replica_id}")
+            pin_relay_key(self.replica, relay_key)
             return (lambda document: True), None
         if welcome.role != "peer":
-            raise ReplicaError(f"expected a relay or a peer, not a {welcome.role}", code="unexpected_role")
+            expected = "a peer" if self.peer else "a relay or a peer"
+            raise ReplicaError(f"expected {expected}, and a {welcome.role} answered", code="unexpected_role")
         other = self._peer_credential(welcome.credential, welcome.replica_id, now)
         if welcome.proof is None or welcome.challenge is None:
             raise CredentialError("the other device did not prove who it is", code="proof_invalid")

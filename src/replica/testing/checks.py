@@ -1,0 +1,212 @@
+"""What must hold of a fleet after every step, and once the network healed.
+
+Each check is computed from what the replicas hold (logs, watermarks,
+refusals) and what the fleet saw on the wire, independently of the code that
+keeps the status, so that a wrong count or a false ``SYNCED`` shows as a
+mismatch between two ways of knowing the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replica import values
+from replica.doc import Document
+from replica.replica import Replica
+from replica.session import RELAY, covers
+from replica.status import SyncState
+from replica.testing.network import Fleet, Node
+from replica.wire import VersionVector
+
+
+def canonical(document: Document) -> bytes:
+    """The contents of a document as bytes that are equal exactly when the
+    contents are (``contents()`` is canonically ordered; NaN equals NaN)."""
+    return values.encode(document.contents())
+
+
+def replayed(replica: Replica, name: str) -> bytes:
+    """:func:`canonical` of ``name`` rebuilt from the replica's log alone."""
+    fresh = Document(name, _refuse_writes)
+    try:
+        fresh.rebuild(item.data for item in replica.missing_deltas(name, {}))
+        return canonical(fresh)
+    finally:
+        fresh.close()
+
+
+def _refuse_writes(document: Document, update: bytes) -> None:
+    raise AssertionError("a replay must not make deltas")
+
+
+def log_version_vectors(replica: Replica) -> dict[str, VersionVector]:
+    """Every document's version vector, after checking that the log holds
+    seqs 1..n of each origin and nothing else."""
+    out = {}
+    for name in replica.documents():
+        seqs: dict[str, list[int]] = {}
+        for item in replica.missing_deltas(name, {}):
+            seqs.setdefault(item.origin, []).append(item.seq)
+        for origin, found in seqs.items():
+            assert sorted(found) == list(range(1, len(found) + 1)), (
+                f"{replica.id}: the log of {name} holds seqs {sorted(found)} of {origin}: not contiguous"
+            )
+        vv = replica.version_vector(name)
+        assert vv == {origin: len(found) for origin, found in seqs.items()}, (
+            f"{replica.id}: version vector {vv} of {name} does not match its log {seqs}"
+        )
+        out[name] = vv
+    return out
+
+
+class Monitor:
+    """Checks a fleet after each step and remembers what may only grow."""
+
+    def __init__(self) -> None:
+        self.vvs: dict[str, dict[str, VersionVector]] = {}
+        self.watermarks: dict[str, dict[str, VersionVector]] = {}
+
+    def check(self, fleet: Fleet) -> None:
+        """Every invariant; raises ``AssertionError`` with the story's terms."""
+        with fleet.client_ids.active():
+            held = {node.name: self._check_log(fleet, node) for node in fleet.nodes.values()}
+            for node in fleet.devices:
+                self._check_device(fleet, node, held)
+
+    def _check_log(self, fleet: Fleet, node: Node) -> dict[str, VersionVector]:
+        vvs = log_version_vectors(node.replica)
+        for name, old in self.vvs.get(node.name, {}).items():
+            assert covers(vvs.get(name, {}), old), (
+                f"{node}: the version vector of {name} went back from {old} to {vvs.get(name, {})}"
+            )
+        self.vvs[node.name] = vvs
+        for name, acked in fleet.acked[node.name].items():
+            assert covers(vvs.get(name, {}), acked), (
+                f"{node} acknowledged {acked} of {name}, but its log holds only {vvs.get(name, {})}"
+            )
+        return vvs
+
+    def _check_device(self, fleet: Fleet, node: Node, held: dict[str, dict[str, VersionVector]]) -> None:
+        replica = node.replica
+        mine, relay = held[node.name], held[fleet.relay.name]
+        refusals = replica.rejections(RELAY)
+        for refusal in refusals:
+            assert refusal.origin is None and not fleet.allows(refusal.document), (
+                f"{node}: the relay refused {refusal}, but it only refuses whole documents out of scope"
+            )
+        refused = {refusal.document for refusal in refusals}
+        seen = self.watermarks.setdefault(node.name, {})
+        unsynced = rejected = 0
+        for name in sorted(set(mine) | set(relay) | set(seen)):
+            mark = replica.watermark(RELAY, name)
+            assert covers(mark, seen.get(name, {})), (
+                f"{node}: the relay's watermark of {name} went back from {seen.get(name)} to {mark}"
+            )
+            seen[name] = mark
+            assert covers(relay.get(name, {}), mark), (
+                f"{node} counts {mark} of {name} as acknowledged by the relay, whose log holds {relay.get(name, {})}"
+            )
+            said = fleet.relay_said[node.name].get(name, {})
+            assert covers(said, mark), f"{node}: watermark {mark} of {name} beyond anything the relay said ({said})"
+            missing = sum(max(0, seq - mark.get(origin, 0)) for origin, seq in mine.get(name, {}).items())
+            if name in refused:
+                rejected += missing
+            else:
+                unsynced += missing
+        for peer in fleet.devices:
+            if peer is not node:
+                for name in mine:
+                    mark = replica.watermark(peer.name, name)
+                    assert covers(held[peer.name].get(name, {}), mark), (
+                        f"{node} counts {mark} of {name} as held by {peer}, which holds {held[peer.name].get(name)}"
+                    )
+        status = replica.status()
+        assert (status.unsynced, status.rejected) == (unsynced, rejected), (
+            f"{node}: status says unsynced={status.unsynced}, rejected={status.rejected}; "
+            f"its log and the relay's watermark say unsynced={unsynced}, rejected={rejected}"
+        )
+        if status.state is SyncState.SYNCED:
+            self._check_synced(fleet, node, mine, relay)
+
+    @staticmethod
+    def _check_synced(
+        fleet: Fleet, node: Node, mine: dict[str, VersionVector], relay: dict[str, VersionVector]
+    ) -> None:
+        start = fleet.synced_runs.get(node.name)
+        assert start is not None and start.relay is not None, f"{node} says SYNCED without a completed run"
+        replica = node.replica
+        for name, vv in start.device.items():
+            if fleet.allows(name):
+                assert covers(relay.get(name, {}), vv), (
+                    f"{node} says SYNCED, but the relay lacks some of {vv} of {name} it held at the start of the run"
+                )
+                mark = replica.watermark(RELAY, name)
+                assert covers(mark, vv), f"{node} says SYNCED, but {vv} of {name} is not acknowledged ({mark})"
+        for name, vv in start.relay.items():
+            assert covers(mine.get(name, {}), vv), (
+                f"{node} says SYNCED, but lacks some of {vv} of {name} that the relay held at the start"
+            )
+
+
+def check_converged(fleet: Fleet) -> None:
+    """After :meth:`Fleet.heal`: every replica holds the same deltas and the
+    same contents of every shared document, every document equals the replay
+    of its log, nothing is unsynced, and what the relay refused is counted."""
+    with fleet.client_ids.active():
+        relay = fleet.relay.replica
+        shared = relay.documents()
+        outside = [name for name in shared if not fleet.allows(name)]
+        assert not outside, f"the relay stored documents outside every credential: {outside}"
+        expected = {name: (relay.version_vector(name), canonical(relay.doc(name))) for name in shared}
+        for node in fleet.nodes.values():
+            replica = node.replica
+            for name in replica.documents():
+                assert canonical(replica.doc(name)) == replayed(replica, name), (
+                    f"{node}: {name} in memory differs from the replay of its log"
+                )
+        for node in fleet.devices:
+            replica = node.replica
+            status = replica.status()
+            assert status.state is SyncState.SYNCED, f"{node}: the last sync after healing ended {status}"
+            assert status.unsynced == 0, f"{node}: {status.unsynced} deltas unsynced after healing"
+            names = replica.documents()
+            got = {name: (replica.version_vector(name), canonical(replica.doc(name))) for name in names}
+            mine = {name: value for name, value in got.items() if fleet.allows(name)}
+            for name in sorted(set(mine) | set(expected)):
+                assert mine.get(name) == expected.get(name), _difference(node, name, mine.get(name), expected.get(name))
+            private = {name: sum(replica.version_vector(name).values()) for name in names if not fleet.allows(name)}
+            refused = {refusal.document for refusal in replica.rejections(RELAY)}
+            assert set(private) <= refused, f"{node}: {sorted(set(private) - refused)} not shown as refused"
+            assert status.rejected == sum(private.values()), (
+                f"{node}: {status.rejected} deltas shown as refused, {sum(private.values())} held out of scope"
+            )
+
+
+def _difference(node: Node, name: str, got: Any, expected: Any) -> str:
+    if got is None or expected is None:
+        who = "the relay" if got is None else str(node)
+        return f"{name} is on {who} only (after healing)"
+    if got[0] != expected[0]:
+        return f"{node}: {name} at {got[0]}, the relay at {expected[0]}"
+    return f"{node}: {name} holds {values.decode(got[1])!r:.600}\nthe relay holds {values.decode(expected[1])!r:.600}"
+
+
+def observe(fleet: Fleet) -> dict[str, Any]:
+    """Everything observable of a fleet, for comparing two backends: each
+    replica's documents (version vector, contents, watermark), statuses, and
+    the frames in flight, byte for byte."""
+    with fleet.client_ids.active():
+        out: dict[str, Any] = {}
+        for node in fleet.nodes.values():
+            replica = node.replica
+            status = replica.status()
+            out[node.name] = {
+                "documents": {
+                    name: (replica.version_vector(name), canonical(replica.doc(name)), replica.watermark(RELAY, name))
+                    for name in replica.documents()
+                },
+                "status": (status.state, status.unsynced, status.rejected, status.error),
+                "refusals": replica.rejections(RELAY),
+            }
+        out["links"] = [(str(link), list(link.up), list(link.down)) for link in fleet.links]
+        return out
