@@ -48,7 +48,29 @@ from typing import TYPE_CHECKING, Protocol
 from replica import wire
 from replica.delta import Delta
 from replica.errors import ErrorInfo, ReplicaError
+from replica.events import Acknowledged, Closed, Completed, Connected, Denied, Event, Incoming, Rejected
 from replica.wire import VersionVector
+
+__all__ = [
+    "RELAY",
+    "Acknowledged",
+    "Authorizer",
+    "Closed",
+    "Completed",
+    "Connected",
+    "Denied",
+    "Event",
+    "Grant",
+    "Incoming",
+    "Limits",
+    "Rejected",
+    "Session",
+    "Trust",
+    "count_missing",
+    "covers",
+    "merge",
+    "remote_key",
+]
 
 if TYPE_CHECKING:
     from replica.replica import IngestResult, Replica
@@ -64,77 +86,7 @@ def remote_key(remote_id: str, remote_role: str) -> str:
     return RELAY if remote_role == "relay" else remote_id
 
 
-# -- events ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Connected:
-    """The handshake is done; ``documents`` are the other side's version
-    vectors at that moment. From a relay: ``credential`` is a credential bound
-    to this device's key, ``relay_key`` the relay's public key."""
-
-    remote_id: str
-    remote_role: str
-    documents: dict[str, VersionVector]
-    to_send: int
-    to_receive: int
-    credential: str | None = None
-    relay_key: bytes | None = None
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A batch to ingest; answer with :meth:`Session.ingested`."""
-
-    document: str
-    deltas: tuple[Delta, ...]
-
-
-@dataclass(frozen=True)
-class Acknowledged:
-    """The other side durably holds ``vv`` of ``document``."""
-
-    remote_id: str
-    remote_role: str
-    document: str
-    vv: VersionVector
-    count: int
-
-
-@dataclass(frozen=True)
-class Denied:
-    """The other side refuses ``document`` (for example: out of scope)."""
-
-    document: str
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """The other side refused one of our deltas for good; it and the later
-    deltas of its origin cannot be delivered to that side."""
-
-    document: str
-    origin: str
-    seq: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Completed:
-    """Once: the run is complete. Live: caught up with the other side."""
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The session is over; ``error`` is None if it ended cleanly."""
-
-    error: ErrorInfo | None
-
-
-Event = Connected | Incoming | Acknowledged | Denied | Rejected | Completed | Closed
+# Events are defined in ``replica.events`` and re-exported here.
 
 
 @dataclass(frozen=True)

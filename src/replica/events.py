@@ -1,0 +1,83 @@
+"""Events a sync session reports to its edge (see ``replica.session``).
+
+Frozen dataclasses, as in h11: the edge (``replica.sync.settle`` and the
+asyncio code in ``replica.net``) reads them and decides what to store or show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replica.delta import Delta
+from replica.errors import ErrorInfo
+from replica.wire import VersionVector
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The handshake is done; ``documents`` are the other side's version
+    vectors at that moment. From a relay: ``credential`` is a credential bound
+    to this device's key, ``relay_key`` the relay's public key."""
+
+    remote_id: str
+    remote_role: str
+    documents: dict[str, VersionVector]
+    to_send: int
+    to_receive: int
+    credential: str | None = None
+    relay_key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A batch to ingest; answer with :meth:`Session.ingested`."""
+
+    document: str
+    deltas: tuple[Delta, ...]
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """The other side durably holds ``vv`` of ``document``."""
+
+    remote_id: str
+    remote_role: str
+    document: str
+    vv: VersionVector
+    count: int
+
+
+@dataclass(frozen=True)
+class Denied:
+    """The other side refuses ``document`` (for example: out of scope)."""
+
+    document: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The other side refused one of our deltas for good; it and the later
+    deltas of its origin cannot be delivered to that side."""
+
+    document: str
+    origin: str
+    seq: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """Once: the run is complete. Live: caught up with the other side."""
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The session is over; ``error`` is None if it ended cleanly."""
+
+    error: ErrorInfo | None
+
+
+Event = Connected | Incoming | Acknowledged | Denied | Rejected | Completed | Closed
