@@ -21,7 +21,7 @@ Hazards handled here (PYCRDT-FACTS.md):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,11 +36,6 @@ _LOCAL = "replica.local"
 _REMOTE = "replica.remote"
 _RECORDS = "records:"
 _TEXT = "text:"
-
-
-class UpdateFailed(Exception):
-    """pycrdt refused (or panicked on) foreign bytes; the document may hold
-    partial state and must be rebuilt from the log."""
 
 
 def _check_key(kind: str, key: object) -> str:
@@ -155,19 +150,24 @@ class Document:
     def in_transaction(self) -> bool:
         return self._depth > 0
 
-    def apply_remote(self, data: bytes) -> None:
-        """Apply foreign update bytes. Raises :class:`UpdateFailed`; after a
-        failure the document must be rebuilt with :meth:`rebuild`."""
+    def apply_remote(self, payloads: Sequence[bytes]) -> tuple[int, str] | None:
+        """Apply foreign update bytes, in order, in one transaction. Returns
+        None, or the index of the first update pycrdt refused (or panicked
+        on) and why; after a failure the document may hold partial state and
+        must be rebuilt with :meth:`rebuild`."""
         if self._depth:
             raise RuntimeError("cannot apply remote deltas inside a local transaction")
         self._remote_version += 1
+        index = 0
         try:
             with self._ydoc.transaction(origin=_REMOTE):
-                self._ydoc.apply_update(data)
+                for index, data in enumerate(payloads):
+                    self._ydoc.apply_update(data)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # pyo3 PanicException is a BaseException
-            raise UpdateFailed(f"{type(exc).__name__}: {exc}") from exc
+            return index, f"{type(exc).__name__}: {exc}"
+        return None
 
     def close(self) -> None:
         """Drop the pycrdt subscription, which pycrdt keeps alive from Rust
