@@ -299,3 +299,49 @@ def test_live_open_sends_nothing_before_the_answer(device: Replica, relay: Repli
     batches = [f for f in sent if isinstance(f, wire.Deltas) and f.document == "c7/new"]
     assert sum(len(b.deltas) for b in batches) == 2  # each delta once
     assert relay.version_vector("c7/new") == {"dev-a": 2}
+
+
+def test_live_links_do_not_echo_deltas_back(device: Replica, relay: Replica) -> None:
+    link = Wire(device, relay, mode="live")
+    link.run()
+    link.in_flight.clear()
+    for i in range(5):
+        device.doc(DOC).records("r").put(str(i), {"i": i})
+        link.device.local_changed(DOC)
+        while link.step():
+            pass
+        link.relay.local_changed(DOC)  # what the relay's fan-out does after every commit
+        while link.step():
+            pass
+    down = [wire.decode(f) for name, f in link.in_flight if name == "down"]
+    assert not [f for f in down if isinstance(f, wire.Deltas)]
+    assert relay.version_vector(DOC) == {"dev-a": 5}
+
+
+def test_live_devices_are_offered_documents_created_after_they_connected(device: Replica, relay: Replica) -> None:
+    link = Wire(device, relay, mode="live")
+    link.run()
+    other = Replica.in_memory(replica_id="dev-b")
+    other.doc("c7/new-village").records("r").put("h1", {"name": "Ada"})
+    relay.ingest(other.missing_deltas("c7/new-village", {}))
+    link.relay.local_changed("c7/new-village")
+    while link.step():
+        pass
+    assert device.doc("c7/new-village").records("r").get("h1") == {"name": "Ada"}
+    other.doc("c7/new-village").records("r").put("h2", {"name": "Bo"})
+    relay.ingest(other.missing_deltas("c7/new-village", relay.version_vector("c7/new-village")))
+    link.relay.local_changed("c7/new-village")
+    while link.step():
+        pass
+    assert device.doc("c7/new-village").records("r").get("h2") == {"name": "Bo"}
+
+
+def test_once_links_refuse_unasked_documents(device: Replica, relay: Replica) -> None:
+    link = Wire(device, relay)
+    link.device.start()
+    link.relay.receive(link.device.data_to_send()[0])
+    for frame in link.relay.data_to_send():
+        link.device.receive(frame)
+    link.device.receive(wire.encode(wire.Opened("c7/unasked", {})))
+    assert link.device.closed and link.device.error is not None
+    assert link.device.error.code == "unexpected_frame"

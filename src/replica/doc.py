@@ -161,8 +161,9 @@ class Document:
         index = 0
         try:
             with self._ydoc.transaction(origin=_REMOTE):
-                for index, data in enumerate(payloads):
+                for data in payloads:
                     self._ydoc.apply_update(data)
+                    index += 1
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # pyo3 PanicException is a BaseException

@@ -230,7 +230,8 @@ class Replica:
         or ``FAILED`` (with an error saying whether retrying can help). Live:
         stay connected, push each new delta at once, receive others', and
         reconnect after drops, until cancelled or a non-retryable error.
-        A call while a sync with the same URL runs joins it. ``credential``:
+        A call while a sync with the same URL runs joins it; cancelling the
+        task awaiting a live sync stops it. ``credential``:
         the token issued by the relay (the last one used is remembered).
 
         The same call syncs with another device serving peers
@@ -241,7 +242,12 @@ class Replica:
         task = self._sync_tasks.get(url)
         if task is None or task.done():
             task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)  # a one-shot run finishes for every caller that joined it
+        except asyncio.CancelledError:
+            if live:
+                task.cancel()  # cancelling the caller stops a live sync
+            raise
 
     async def serve_peers(self, host: str = "0.0.0.0", port: int = 8766, **options: Any) -> PeerServer:
         """Accept other devices syncing with this one (see ``replica.peer``);

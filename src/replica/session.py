@@ -225,7 +225,10 @@ class Session:
         self._sent_done = False
         self._remote_done = False
         self._turn = 0
-        self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
+        self._cuts: dict[tuple[str, str], int] = {}
+        self._offered: set[str] = (
+            set()
+        )  # documents offered to the initiator (live acceptor)  # (document, origin) -> first seq refused
         self.sent = self.to_send = self.received = self.to_receive = 0
 
     # -- the caller's vocabulary ---------------------------------------------
@@ -298,9 +301,12 @@ class Session:
             return
         state = self._docs.get(document)
         if state is None:
-            if self.initiator and self._allows(document) and len(self._docs) < self.limits.max_documents:
-                self._docs[document] = _Doc({}, {}, {}, {}, opening=True)
-                self._send(wire.Open(document, self.replica.version_vector(document)))
+            if self.initiator:
+                self._open(document)
+            elif self._grant is not None and self._grant.allows(document) and document not in self._offered:
+                # A document new here that the other side may sync: offer it; it answers with ``open``.
+                self._offered.add(document)
+                self._send(wire.Opened(document, self.replica.version_vector(document)))
             return
         if state.opening or (self._grant is not None and not self._grant.allows(document)):
             return
@@ -375,6 +381,8 @@ class Session:
                 raise ReplicaError(
                     f"deltas for {frame.document!r}, which is not open on this link", code="document_not_open"
                 )
+            # It holds what it sends: never offer those deltas back (live links would echo them).
+            merge(self._docs[frame.document].queued, _vv_of(frame.deltas))
             self._events.append(Incoming(frame.document, frame.deltas))
         elif self.state == "open" and isinstance(frame, wire.Ack):
             self._acked(frame, now)
@@ -527,10 +535,18 @@ class Session:
         self.to_receive += count_missing(local, frame.vv)
         self._refill(frame.document, count=True)
 
+    def _open(self, document: str) -> None:
+        if self._allows(document) and len(self._docs) < self.limits.max_documents:
+            self._docs[document] = _Doc({}, {}, {}, {}, opening=True)
+            self._send(wire.Open(document, self.replica.version_vector(document)))
+
     def _opened(self, frame: wire.Opened) -> None:
         state = self._docs.get(frame.document)
-        if state is None:
-            raise ReplicaError(f"opened {frame.document!r}, which was not asked for", code="unexpected_frame")
+        if state is None:  # an offer of a document new on the other side (live mode)
+            if self.mode != "live" or frame.denied is not None:
+                raise ReplicaError(f"opened {frame.document!r}, which was not asked for", code="unexpected_frame")
+            self._open(frame.document)
+            return
         if frame.denied is not None:
             del self._docs[frame.document]
             self._events.append(Denied(frame.document, *frame.denied))
