@@ -3,7 +3,8 @@
 Needs hypothesis (``pip install hypothesis``). What is here:
 
 - ``replica.testing.strategies``: record values (every type the record layer
-  keeps, ints of any size), record and text edits, network steps and schedules;
+  keeps, ints of any size), record and text edits, network steps, schedules
+  and run plans;
 - :class:`Fleet`: a relay and devices on real stores, linked by a deterministic
   simulated network that drives the sans-I/O sessions (no sockets, no sleeps);
 - :class:`Monitor` and :func:`check_converged`: the invariants;
@@ -26,13 +27,16 @@ from replica.testing.strategies import (
     Insert,
     NetworkStep,
     Put,
+    RunPlan,
     Update,
     apply_edit,
     edits,
+    fault_steps,
     network_steps,
     record_edits,
     record_fields,
     record_values,
+    run_plans,
     schedules,
     text_edits,
 )
@@ -56,6 +60,7 @@ __all__ = [
     "NetworkStep",
     "Node",
     "Put",
+    "RunPlan",
     "Update",
     "apply_edit",
     "canonical",
@@ -63,12 +68,14 @@ __all__ = [
     "describe",
     "devices",
     "edits",
+    "fault_steps",
     "network_steps",
     "observe",
     "record_edits",
     "record_fields",
     "record_values",
     "replayed",
+    "run_plans",
     "schedules",
     "text_edits",
 ]

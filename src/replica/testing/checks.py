@@ -30,6 +30,11 @@ def replayed(replica: Replica, name: str) -> bytes:
     fresh = Document(name, _refuse_writes)
     try:
         fresh.rebuild(item.data for item in replica.missing_deltas(name, {}))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 panics are BaseExceptions
+        raise AssertionError(f"{replica.id}: the log of {name} does not replay: {exc!r}") from exc
+    try:
         return canonical(fresh)
     finally:
         fresh.close()
