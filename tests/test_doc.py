@@ -181,3 +181,14 @@ def test_bad_document_names(replica: Replica) -> None:
     for bad in ["", "../etc", "a//b", "with space"]:
         with pytest.raises(ValueError, match="document name"):
             replica.doc(bad)
+
+
+def test_a_log_that_does_not_replay_leaves_the_document_working(replica: Replica) -> None:
+    from replica import DataDirError
+
+    document = replica.doc("d")
+    document.text("t").insert(0, "a")
+    with pytest.raises(DataDirError, match="does not replay"):
+        document.rebuild([b"\x01\x02\x03\x04\x05"])
+    document.text("t").insert(1, "b")  # still observed: the edit becomes a delta
+    assert str(document.text("t")) == "ab" and seq(replica) == 2

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from replica import Replica
+from replica.testing.clientids import ClientIds
 
 DOCUMENT = "campaign-7/households"
 IDS = st.sampled_from(["h1", "h2", "h3", "h4"])
@@ -32,11 +33,20 @@ class Fleet(RuleBasedStateMachine):
 
     @initialize(count=st.integers(min_value=2, max_value=3))
     def start(self, count: int) -> None:
+        # Yjs orders concurrent edits by client id; fixed ids make a run replay exactly.
+        self.client_ids = ClientIds()
+        self.client_ids.install()
         self.replicas = [Replica.in_memory(replica_id=f"dev-{i}") for i in range(count)]
 
     def teardown(self) -> None:
         if not hasattr(self, "replicas"):
             return
+        try:
+            self._converge()
+        finally:
+            self.client_ids.uninstall()
+
+    def _converge(self) -> None:
         for _ in range(2):
             for source in self.replicas:
                 for target in self.replicas:

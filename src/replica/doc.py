@@ -29,6 +29,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from pycrdt import Text as YText
 
 from replica import values
+from replica.errors import DataDirError
 
 log = logging.getLogger("replica.doc")
 
@@ -177,13 +178,23 @@ class Document:
 
     def rebuild(self, payloads: Iterable[bytes]) -> None:
         """Replace the state with a fresh ``Doc`` holding ``payloads`` (the
-        log's deltas in applied order)."""
+        log's deltas in applied order). If they do not replay, the document
+        keeps its state and :class:`~replica.errors.DataDirError` is raised."""
+        fresh: Doc[Any] = Doc()
+        try:
+            with fresh.transaction(origin=_REMOTE):
+                for data in payloads:
+                    fresh.apply_update(data)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pyo3 PanicException is a BaseException
+            raise DataDirError(
+                f"the log of document {self.name!r} does not replay ({type(exc).__name__}: {exc}); "
+                "the data directory is damaged: restore it from a backup or sync a fresh copy"
+            ) from exc
         self._ydoc.unobserve(self._subscription)
-        self._ydoc = Doc()
+        self._ydoc = fresh
         self._remote_version += 1
-        with self._ydoc.transaction(origin=_REMOTE):
-            for data in payloads:
-                self._ydoc.apply_update(data)
         self._subscription = self._ydoc.observe(self._observe)
         for records in self._records.values():
             records._bind()

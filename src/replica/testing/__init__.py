@@ -1,6 +1,6 @@
 """Property-based testing for replica and for applications built on it.
 
-Needs hypothesis (``pip install hypothesis``). What is here:
+Needs hypothesis (``pip install replica[testing]``). What is here:
 
 - ``replica.testing.strategies``: record values (every type the record layer
   keeps, ints of any size), record and text edits, network steps, schedules
