@@ -8,15 +8,22 @@ Either mode exits non-zero if a benchmark fails (wrong result or an error).
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from benchmarks import foundation, relay  # noqa: F401  (registers their benchmarks)
+import benchmarks
 from benchmarks._common import REGISTRY, Result, machine_info, to_json, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# Every public module of the package registers its benchmarks when imported.
+for _module in pkgutil.iter_modules(benchmarks.__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"benchmarks.{_module.name}")
 
 
 def _fmt(value: float) -> str:
