@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from replica import delta, errors
@@ -42,7 +40,7 @@ def reason(item: Delta, **kwargs: int) -> str:
 
 
 def test_precheck_refuses_wrong_checksum() -> None:
-    assert reason(dataclasses.replace(good(), checksum=b"\x00" * 8)) == errors.REJECT_CHECKSUM
+    assert reason(good()._replace(checksum=b"\x00" * 8)) == errors.REJECT_CHECKSUM
 
 
 def test_precheck_refuses_too_large() -> None:
@@ -64,7 +62,7 @@ def test_precheck_refuses_headless_bytes(data: bytes) -> None:
     [{"seq": 0}, {"seq": -1}, {"seq": 2**63}, {"seq": "1"}, {"data": "text"}, {"origin": 5}, {"checksum": "x"}],
 )
 def test_precheck_refuses_wrong_types(change: dict[str, object]) -> None:
-    assert reason(dataclasses.replace(good(), **change)) == errors.REJECT_INVALID  # type: ignore[arg-type]
+    assert reason(good()._replace(**change)) == errors.REJECT_INVALID  # type: ignore[arg-type]
 
 
 def test_rejection_names_document_origin_and_seq() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 
@@ -62,7 +61,7 @@ def test_garbage_is_malformed(target: Replica) -> None:
 
 
 def test_wrong_checksum(target: Replica, deltas: list[Delta]) -> None:
-    exc = refused(target, dataclasses.replace(deltas[2], checksum=delta.checksum(b"other")))
+    exc = refused(target, deltas[2]._replace(checksum=delta.checksum(b"other")))
     assert exc.reason == errors.REJECT_CHECKSUM and not exc.retryable
 
 
@@ -94,7 +93,7 @@ def test_replica_id_clash(target: Replica, deltas: list[Delta]) -> None:
 
 
 def test_own_origin_from_elsewhere_is_a_clash(target: Replica, deltas: list[Delta]) -> None:
-    exc = refused(target, dataclasses.replace(deltas[2], origin="dev-b", seq=1))
+    exc = refused(target, deltas[2]._replace(origin="dev-b", seq=1))
     assert exc.reason == errors.REJECT_CLASH
 
 
@@ -102,7 +101,7 @@ def test_own_origin_from_elsewhere_is_a_clash(target: Replica, deltas: list[Delt
     "change", [{"document": "../x"}, {"origin": "bad origin"}, {"document": ""}, {"seq": 0}, {"data": "str"}]
 )
 def test_invalid_fields(target: Replica, deltas: list[Delta], change: dict[str, object]) -> None:
-    item = dataclasses.replace(deltas[2], **change)  # type: ignore[arg-type]
+    item = deltas[2]._replace(**change)  # type: ignore[arg-type]
     result = target.ingest([item])
     assert result.rejected is not None and result.rejected.reason == errors.REJECT_INVALID
     assert target.version_vector(DOC) == {"dev-a": 2}
@@ -110,7 +109,7 @@ def test_invalid_fields(target: Replica, deltas: list[Delta], change: dict[str, 
 
 def test_ingest_stops_at_the_first_bad_delta_and_keeps_those_before(deltas: list[Delta]) -> None:
     replica = Replica.in_memory()
-    bad = dataclasses.replace(deltas[2], checksum=b"\x00" * 8)
+    bad = deltas[2]._replace(checksum=b"\x00" * 8)
     result = replica.ingest([deltas[0], deltas[1], bad, deltas[3]])
     assert (result.applied, result.duplicates) == (2, 0)
     assert result.rejected is not None and result.rejected.seq == 3

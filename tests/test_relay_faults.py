@@ -262,7 +262,7 @@ def households(case: str) -> str:
 
 def garbage_delta(world: BadInputWorld, case: str, origin: str, seq: int, data: bytes, **changes: object) -> Plan:
     document = households(case)
-    item = dataclasses.replace(delta.make(document, origin, seq, data), **changes)  # type: ignore[arg-type]
+    item = delta.make(document, origin, seq, data)._replace(**changes)  # type: ignore[arg-type]
     return Plan(hello=world.hello({document: {}}), bad=wire.encode(wire.Deltas(document, (item,))))
 
 

@@ -219,10 +219,11 @@ class Listener:
 
     def _fan_out(self, document: str) -> None:
         now = time.time()
-        for link in self._links:
-            if link.session.mode == "live" and link.session.has_document(document):
-                link.session.local_changed(document, now)
-                link.wake()
+        with self.replica.same_log():  # live links at the same point read the new deltas once
+            for link in self._links:
+                if link.session.mode == "live" and link.session.has_document(document):
+                    link.session.local_changed(document, now)
+                    link.wake()
 
 
 def _closed_reason(exc: ConnectionClosed) -> str:

@@ -83,6 +83,7 @@ class Replica:
         self._run_progress = Progress()
         self._run_error: errors.ErrorInfo | None = None
         self._sync_tasks: dict[str, asyncio.Task[SyncStatus]] = {}
+        self._missing_memo: dict[tuple[str, tuple[tuple[str, int], ...]], list[Delta]] | None = None
         try:
             with self._log.write() as txn:
                 self.id = self._init_meta(txn, replica_id)
@@ -406,6 +407,9 @@ class Replica:
             if isinstance(exc, StoreFailure):
                 raise _storage_error(exc) from exc
             raise
+        finally:
+            if self._missing_memo:  # a write inside same_log(): what was read may be stale
+                self._missing_memo.clear()
         if outermost and (self._touched or self._status_dirty):
             self._notify_changes()
 
@@ -458,8 +462,26 @@ class Replica:
         """The deltas of ``document`` that a replica holding version vector
         ``remote`` lacks, in an order it can apply them."""
         self._check_open()
+        if self._missing_memo is not None:
+            key = (document, tuple(sorted(remote.items())))
+            if key not in self._missing_memo:
+                with self._log.read() as txn:
+                    self._missing_memo[key] = self._log.missing(txn, document, remote)
+            return list(self._missing_memo[key])
         with self._log.read() as txn:
             return self._log.missing(txn, document, remote)
+
+    @contextmanager
+    def same_log(self) -> Iterator[None]:
+        """A block in which nothing commits, so that :meth:`missing_deltas`
+        answers each ``(document, version vector)`` once: a relay fanning one
+        commit out to many live links at the same point reads the log once."""
+        outer = self._missing_memo
+        self._missing_memo = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._missing_memo = outer
 
     def ingest(self, incoming: Iterable[Delta]) -> IngestResult:
         """Store and apply deltas from another replica, in the order given.
