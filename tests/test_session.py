@@ -134,6 +134,46 @@ def test_batches_grow_with_fast_acks_and_shrink_with_slow_ones(device: Replica, 
     assert session._batch_bytes == session.limits.min_batch_bytes
 
 
+def test_batch_size_adapts_to_each_batch_not_its_wait_behind_others(device: Replica, relay: Replica) -> None:
+    fill(device, 3000)
+    link = Wire(device, relay, limits=Limits(window=4, start_batch_bytes=8192, min_batch_bytes=8192))
+    link.device.start(0.0)
+    link.relay.receive(link.device.data_to_send(0.0)[0], 0.0)
+    for frame in link.relay.data_to_send(0.0):
+        link.device.receive(frame, 0.0)
+    settle(device, [link.device])
+    frames = link.device.data_to_send(0.0)
+    assert sum(isinstance(wire.decode(f), wire.Deltas) for f in frames) == 4
+    for frame in frames:
+        link.relay.receive(frame, 0.0)
+    settle(relay, [link.relay])
+    # The four acks come back 0.3 s apart: each batch took 0.3 s, none 0.6 s or more.
+    for i, ack in enumerate(link.relay.data_to_send(0.0)):
+        link.device.receive(ack, 0.3 * (i + 1))
+    assert link.device._batch_bytes == 8192  # neither fast (grow) nor slow (shrink)
+
+
+def test_deltas_the_other_side_got_meanwhile_are_not_sent(device: Replica, relay: Replica) -> None:
+    fill(device, 400)
+    limits = Limits(window=1, start_batch_bytes=1024, min_batch_bytes=1024, max_batch_bytes=1024)
+    link = Wire(device, relay, limits=limits)
+    link.device.start()
+    link.step()
+    link.step()  # the first batch is up and acked
+    first = relay.version_vector(DOC)["dev-a"]
+    assert 0 < first < 400
+    # Another device that held dev-a's deltas (from a peer sync) uploads them all meanwhile.
+    relay.ingest(device.missing_deltas(DOC, {}))
+    while link.step():
+        pass
+    batches = [wire.decode(f) for name, f in link.in_flight if name == "up"]
+    sent = sum(len(f.deltas) for f in batches if isinstance(f, wire.Deltas))
+    assert sent < 400 - first  # what the relay's next ack showed it held was dropped, not sent
+    assert link.of("device", Completed)
+    assert link.device.sent == link.device.to_send == sent
+    assert device.status().unsynced == 0
+
+
 def test_frames_respect_the_size_cap(device: Replica, relay: Replica) -> None:
     fill(device, 2000)
     limits = Limits(max_frame_bytes=20_000, start_batch_bytes=10**9, max_batch_bytes=10**9)

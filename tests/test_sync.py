@@ -158,6 +158,30 @@ def test_live_sync_fans_out_and_reconnects(tmp_path: Path) -> None:
     run(main)
 
 
+def test_live_devices_hear_of_a_document_created_after_they_connected(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0) as relay:
+            tokens = {d: relay.issue_credential(d, ["c7/*"], expires_at=time.time() + HOUR) for d in ("dev-a", "dev-b")}
+            with (
+                Replica.open(tmp_path / "a", replica_id="dev-a") as a,
+                Replica.open(tmp_path / "b", replica_id="dev-b") as b,
+            ):
+                lives = [
+                    asyncio.create_task(r.sync(relay.url, credential=tokens[r.id], live=True, timeout=30))
+                    for r in (a, b)
+                ]
+                await until(a, lambda s: s.state is SyncState.SYNCED)
+                await until(b, lambda s: s.state is SyncState.SYNCED)
+                a.doc("c7/new-village").records("r").put("h1", {"name": "Ada"})
+                # well before the link's 30 s silence timeout could reconnect it
+                await until(b, lambda s: b.doc("c7/new-village").records("r").get("h1") is not None, timeout=3)
+                for task in lives:
+                    task.cancel()
+                await asyncio.gather(*lives, return_exceptions=True)
+
+    run(main)
+
+
 def test_live_sync_stops_on_an_error_retrying_cannot_fix(tmp_path: Path) -> None:
     async def main() -> None:
         async with Relay(tmp_path / "relay", port=0) as relay:

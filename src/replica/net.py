@@ -221,7 +221,7 @@ class Listener:
         now = time.time()
         with self.replica.same_log():  # live links at the same point read the new deltas once
             for link in self._links:
-                if link.session.mode == "live" and link.session.has_document(document):
+                if link.session.mode == "live":  # where it is not open yet too: the session offers it
                     link.session.local_changed(document, now)
                     link.wake()
 

@@ -221,14 +221,13 @@ class Session:
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._in_flight: deque[tuple[str, int, float]] = deque()  # document, deltas, sent at
+        self._last_ack_at = 0.0
         self._batch_bytes = self.limits.start_batch_bytes
         self._sent_done = False
         self._remote_done = False
         self._turn = 0
-        self._cuts: dict[tuple[str, str], int] = {}
-        self._offered: set[str] = (
-            set()
-        )  # documents offered to the initiator (live acceptor)  # (document, origin) -> first seq refused
+        self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
+        self._offered: set[str] = set()  # documents offered to the initiator (live acceptor)
         self.sent = self.to_send = self.received = self.to_receive = 0
 
     # -- the caller's vocabulary ---------------------------------------------
@@ -347,10 +346,6 @@ class Session:
     def documents(self) -> list[str]:
         """Documents open on this link."""
         return sorted(self._docs)
-
-    def has_document(self, document: str) -> bool:
-        """True if ``document`` is open on this link."""
-        return document in self._docs
 
     # -- internals -----------------------------------------------------------
 
@@ -564,7 +559,9 @@ class Session:
         document, count, sent_at = self._in_flight.popleft()
         if document != ack.document:
             raise ReplicaError("acks arrived out of order", code="unexpected_frame")
-        self._adapt(now - sent_at)
+        # The time this batch took the other side, not the time it queued there behind the others in flight.
+        self._adapt(now - max(sent_at, self._last_ack_at))
+        self._last_ack_at = now
         merge(state.remote, ack.vv)
         merge(state.queued, ack.vv)
         self.sent += count
@@ -584,6 +581,8 @@ class Session:
         while len(self._in_flight) < self.limits.window:
             batch = self._next_batch()
             if batch is None:
+                if any(state.pending for state in self._docs.values()):
+                    continue  # that document's next deltas were all held there already
                 break
             document, items = batch
             self._send(wire.Deltas(document, tuple(items)))
@@ -591,6 +590,7 @@ class Session:
         if not self._sent_done and not any(state.pending for state in self._docs.values()):
             self._sent_done = True
             self._send(wire.Done())
+            self._check_complete()  # the last acks may have come before the rest turned out to be held there
 
     def _next_batch(self) -> tuple[str, list[Delta]] | None:
         names = [name for name, state in self._docs.items() if state.pending]
@@ -599,16 +599,22 @@ class Session:
         self._turn = (self._turn + 1) % len(names)
         document = names[self._turn]
         pending = self._docs[document].pending
+        held = self._docs[document].remote
         items: list[Delta] = []
         size = 0
         budget = min(self._batch_bytes, self.limits.max_frame_bytes // 2)
         while pending and len(items) < self.limits.max_batch:
+            if pending[0].seq <= held.get(pending[0].origin, 0):
+                # It got this one meanwhile (from another device through the relay, say): its ack said so.
+                pending.popleft()
+                self.to_send -= 1
+                continue
             cost = len(pending[0].data) + 32
             if items and size + cost > budget:
                 break
             items.append(pending.popleft())
             size += cost
-        return document, items
+        return (document, items) if items else None
 
     def _check_complete(self) -> None:
         if self.completed or self.state != "open" or not self._remote_done or self._in_flight:
