@@ -177,9 +177,7 @@ def to_json(result: Result, *, quick: bool, seconds: float, machine: dict[str, A
         "status": result.status,
         "mode": "quick" if quick else "full",
         "params": result.params,
-        "figures": {
-            f.name: {"unit": f.unit, "median": f.median, "samples": f.samples} for f in result.figures
-        },
+        "figures": {f.name: {"unit": f.unit, "median": f.median, "samples": f.samples} for f in result.figures},
         "ratios": result.ratios,
         "paired_ratios": result.paired_ratios,
         "targets": [

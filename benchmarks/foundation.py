@@ -173,8 +173,9 @@ def reopen(quick: bool) -> Result:
     result.targets.append(Target("replica time / pycrdt time", ratio, 2.0, at_least=False))
     result.params["close_frees_documents"] = freed
     if not freed:
-        result.notes.append("Replica.close() leaves the loaded documents alive (a memory leak); "
-                            "the benchmarks free them themselves")
+        result.notes.append(
+            "Replica.close() leaves the loaded documents alive (a memory leak); the benchmarks free them themselves"
+        )
     result.notes.append("page cache warm: the log was just written or read, as after a restart without reboot")
     return result
 
