@@ -165,11 +165,12 @@ class DeltaLog:
             start = after
 
     def version_vector(self, txn: Txn, document: str) -> VersionVector:
-        """``{origin: highest seq held}`` of ``document``, read from the index."""
+        """``{origin: highest seq held}`` of ``document``, read from the index
+        (once; then kept by every append, and dropped with a failed write)."""
         doc = self._doc(txn, document)
         if doc is None:
             return {}
-        return {self._origin_name(txn, o): seq for o, seq in self._vv_numbers(txn, doc).items()}
+        return {self._origin_name(txn, o): seq for o, seq in self._cached_vv(txn, doc).items()}
 
     def held_seq(self, txn: Txn, document: str, origin: str) -> int:
         """The highest seq of ``origin`` held for ``document`` (0 if none)."""
@@ -274,7 +275,7 @@ class DeltaLog:
         if doc is None:
             return []
         positions: list[bytes] = []
-        for origin, held in self._vv_numbers(txn, doc).items():
+        for origin, held in self._cached_vv(txn, doc).items():
             have = remote.get(self._origin_name(txn, origin), 0)
             if have >= held:
                 continue

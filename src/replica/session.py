@@ -309,6 +309,8 @@ class Session:
             return
         if state.opening or (self._grant is not None and not self._grant.allows(document)):
             return
+        if covers(state.queued, self.replica.version_vector(document)):
+            return  # nothing new for the other side (what it just sent us, say): no need to read the log
         self._refill(document, count=True)
         self._pump(now)
 
