@@ -63,7 +63,16 @@ from benchmarks._fieldgen import (
     device_records,
     encoded_size,
 )
-from benchmarks.relay import LoadWatch, _scratch, counting_frames, cpu_seconds, percentile, relay_process, rss_mb
+from benchmarks.relay import (
+    LoadWatch,
+    _scratch,
+    counting_frames,
+    cpu_seconds,
+    percentile,
+    relay_process,
+    rss_mb,
+    status_mb,
+)
 from replica import Replica
 from replica.relay import relay_identity
 from replica.status import SyncState
@@ -177,14 +186,6 @@ def _issuer(relay_dir: Path) -> Issue:
 
 def _scope(team: int) -> list[str]:
     return [area_document(team), STOCK_DOCUMENT]
-
-
-def _vm_hwm_mb(pid: int) -> float:
-    """Peak resident memory of process ``pid`` (VmHWM), in MB (10^6 bytes)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    raise BenchmarkFailed(f"no VmHWM for process {pid}")
 
 
 def _disk_bytes(folder: Path) -> int:
@@ -494,7 +495,7 @@ async def _field_day(root: Path, fleet: Fleet, processes: int) -> DayRun:
         finally:
             storm.close()
         run.cores["others"] = load.others
-        run.relay_hwm = _vm_hwm_mb(relay.pid)
+        run.relay_hwm = status_mb(relay.pid, "VmHWM")
         run.relay_rss_end = rss_mb(relay.pid)
         done = {rid: seconds for share in shares for rid, seconds in share.done.items()}
         if sorted(done) != sorted(ids):

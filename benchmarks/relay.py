@@ -69,12 +69,17 @@ def batching(limits: Limits | None = None) -> _raw_sink.Batching:
 # -- processes ---------------------------------------------------------------
 
 
+def status_mb(pid: int, key: str) -> float:
+    """A memory line of process ``pid``'s /proc status (``VmRSS``, ``VmHWM``), in MB (10^6 bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise BenchmarkFailed(f"no {key} for process {pid}")
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of process ``pid`` (VmRSS), in MB (10^6 bytes)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    raise BenchmarkFailed(f"no VmRSS for process {pid}")
+    return status_mb(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:
