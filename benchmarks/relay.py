@@ -33,7 +33,7 @@ from pycrdt import Doc
 from websockets.asyncio.client import ClientConnection, connect
 
 from benchmarks import _raw_sink
-from benchmarks._common import BenchmarkFailed, Result, Stopwatch, Target, alternate, rates, register
+from benchmarks._common import BenchmarkFailed, Figure, Result, Stopwatch, Target, alternate, rates, register
 from replica import Replica, wire
 from replica.relay import relay_identity
 from replica.session import Limits, Session
@@ -768,9 +768,11 @@ def fanout_latency(quick: bool) -> Result:
             for label, _, run in variants[i % 3 :] + variants[: i % 3]:
                 runs[label].append(asyncio.run(run(dirs)))
     ms = 1000.0
+    p99: dict[str, Figure] = {}
     for label, name, _ in variants:
         got = runs[label]
         worst_p99 = result.figure(f"{name}: to every device p99", "ms", [percentile(r.worst, 0.99) * ms for r in got])
+        p99[label] = worst_p99
         result.figure(f"{name}: to every device p50", "ms", [percentile(r.worst, 0.5) * ms for r in got])
         result.figure(f"{name}: any (device, delta) p99", "ms", [percentile(r.pairs, 0.99) * ms for r in got])
         result.figure(f"{name}: any (device, delta) p50", "ms", [percentile(r.pairs, 0.5) * ms for r in got])
@@ -781,6 +783,8 @@ def fanout_latency(quick: bool) -> Result:
             result.targets.append(
                 Target("replica p99 to every device (ms)", worst_p99.median, 50, at_least=False, guard=False)
             )
+    result.ratio("p99 to every device: replica / raw broadcast", p99["replica"], p99[variants[0][0]])
+    result.ratio("p99 to every device: light clients / raw broadcast", p99["light"], p99[variants[0][0]])
     for label, name, _ in variants:
         cpu = runs[label][-1].cpu
         result.notes.append(
