@@ -136,7 +136,7 @@ def test_batches_grow_with_fast_acks_and_shrink_with_slow_ones(device: Replica, 
 
 def test_batch_size_adapts_to_each_batch_not_its_wait_behind_others(device: Replica, relay: Replica) -> None:
     fill(device, 3000)
-    link = Wire(device, relay, limits=Limits(window=4, start_batch_bytes=8192, min_batch_bytes=8192))
+    link = Wire(device, relay, limits=Limits(window=4, start_batch_bytes=16384, min_batch_bytes=4096))
     link.device.start(0.0)
     link.relay.receive(link.device.data_to_send(0.0)[0], 0.0)
     for frame in link.relay.data_to_send(0.0):
@@ -150,7 +150,7 @@ def test_batch_size_adapts_to_each_batch_not_its_wait_behind_others(device: Repl
     # The four acks come back 0.3 s apart: each batch took 0.3 s, none 0.6 s or more.
     for i, ack in enumerate(link.relay.data_to_send(0.0)):
         link.device.receive(ack, 0.3 * (i + 1))
-    assert link.device._batch_bytes == 8192  # neither fast (grow) nor slow (shrink)
+    assert link.device._batch_bytes == 16384  # neither fast (grow) nor slow (shrink)
 
 
 def test_deltas_the_other_side_got_meanwhile_are_not_sent(device: Replica, relay: Replica) -> None:
