@@ -24,10 +24,9 @@ import asyncio
 import os
 import shutil
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from websockets.asyncio.client import connect
 
 from benchmarks._common import BenchmarkFailed, Result, Stopwatch, Target, alternate, rates, register
 from benchmarks._ywebsocket_server import WS_MAX_SIZE, WebsocketChannel, store_class
-from benchmarks.relay import LoadWatch, ServerProcess, _scratch, relay_process
+from benchmarks.relay import LoadWatch, ServerProcess, _scratch, relay_process, script_process
 from replica import Replica
 from replica.status import SyncState
 
@@ -55,16 +54,10 @@ POLL = 0.01
 # -- pycrdt-websocket ------------------------------------------------------------
 
 
-@asynccontextmanager
-async def ywebsocket_process(data: Path) -> AsyncIterator[ServerProcess]:
-    """A fresh pycrdt-websocket server (SQLite store in ``data``), stopped by SIGTERM on exit."""
-    server = ServerProcess(
-        [sys.executable, str(SERVER_SCRIPT), "--data", str(data), "--port", "0"], data.with_name(data.name + ".log")
-    )
-    try:
-        yield server
-    finally:
-        await server.stop()  # SIGTERM; SIGKILL after 10 s (``server.killed``): reported, not failed on
+def ywebsocket_process(data: Path) -> AbstractAsyncContextManager[ServerProcess]:
+    """A fresh pycrdt-websocket server (SQLite store in ``data``), stopped by SIGTERM on exit
+    (SIGKILL after 10 s, ``server.killed``: reported, not failed on)."""
+    return script_process(SERVER_SCRIPT, data)
 
 
 @asynccontextmanager

@@ -42,7 +42,6 @@ field for field.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import statistics
 import time
@@ -50,7 +49,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +62,7 @@ from benchmarks._fieldgen import (
     encoded_size,
 )
 from benchmarks.relay import (
+    ChildProcesses,
     LoadWatch,
     _scratch,
     counting_frames,
@@ -356,26 +355,12 @@ async def _worker(phase: str, root: Path, ids: list[str], work: Any, conn: Conne
     conn.send(share)
 
 
-class _Workers:
+class _Workers(ChildProcesses):
     """Device worker processes (spawned), each owning whole teams, each with a pipe. Real devices do
     not share a disk or an event loop; devices in one process wait on each other's commits (fsync)."""
 
     def __init__(self, phase: str, root: Path, groups: list[list[str]], works: list[Any]) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.procs: list[tuple[BaseProcess, Connection]] = []
-        for ids, work in zip(groups, works, strict=True):
-            mine, theirs = context.Pipe()
-            proc = context.Process(target=_worker_main, args=(phase, str(root), ids, work, theirs), daemon=True)
-            proc.start()
-            theirs.close()
-            self.procs.append((proc, mine))
-
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for proc, _ in self.procs if proc.pid is not None]
-
-    def cpu(self) -> float:
-        return sum(map(cpu_seconds, self.pids))
+        super().__init__(_worker_main, [(phase, str(root), ids, work) for ids, work in zip(groups, works, strict=True)])
 
     async def _receive(self, conn: Connection, timeout: float) -> object:
         loop = asyncio.get_running_loop()
@@ -397,14 +382,6 @@ class _Workers:
         for _, conn in self.procs:
             conn.send(start_at)
         return [await self._receive(conn, 2 * SYNC_TIMEOUT) for _, conn in self.procs]
-
-    def close(self) -> None:
-        for proc, conn in self.procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-            conn.close()
 
 
 async def _fresh_download(folder: Path, url: str, issue: Issue, fleet: Fleet) -> float:

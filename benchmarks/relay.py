@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -188,15 +188,21 @@ async def relay_process(data: Path) -> AsyncIterator[tuple[ServerProcess, Callab
 
 
 @asynccontextmanager
-async def sink_process(data: Path) -> AsyncIterator[ServerProcess]:
-    """A fresh raw baseline server on ``data``."""
+async def script_process(script: Path, data: Path) -> AsyncIterator[ServerProcess]:
+    """A fresh server ``python SCRIPT --data DATA --port 0``, stopped on exit (SIGTERM,
+    SIGKILL after 10 s: ``server.killed``)."""
     server = ServerProcess(
-        [sys.executable, str(SINK_SCRIPT), "--data", str(data), "--port", "0"], data.with_name(data.name + ".log")
+        [sys.executable, str(script), "--data", str(data), "--port", "0"], data.with_name(data.name + ".log")
     )
     try:
         yield server
     finally:
         await server.stop()
+
+
+def sink_process(data: Path) -> AbstractAsyncContextManager[ServerProcess]:
+    """A fresh raw baseline server on ``data``."""
+    return script_process(SINK_SCRIPT, data)
 
 
 @contextmanager
@@ -567,8 +573,8 @@ class FanoutRun:
     cpu: dict[str, float]
 
 
-class _Children:
-    """Receiver child processes, each with a pipe."""
+class ChildProcesses:
+    """Spawned child processes running ``target(*args, conn)``, each with a pipe to this one."""
 
     def __init__(self, target: Callable[..., None], args_per_child: list[tuple[Any, ...]]) -> None:
         context = multiprocessing.get_context("spawn")
@@ -580,6 +586,26 @@ class _Children:
             theirs.close()
             self.procs.append((proc, mine))
 
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self.procs if proc.pid is not None]
+
+    def cpu(self) -> float:
+        """CPU seconds the children used so far."""
+        return sum(map(cpu_seconds, self.pids))
+
+    def close(self) -> None:
+        for proc, conn in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            conn.close()
+
+
+class _Children(ChildProcesses):
+    """Receiver child processes of the fan-out."""
+
     async def wait_ready(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         for proc, conn in self.procs:
@@ -589,9 +615,6 @@ class _Children:
                 ready = False
             if not ready:
                 raise BenchmarkFailed(f"receiver process {proc.pid} did not get ready (exit code {proc.exitcode})")
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(proc.pid) for proc, _ in self.procs)
 
     async def collect(self, expected: int, sent_at: list[float] | None = None) -> tuple[list[list[float]], list[str]]:
         loop = asyncio.get_running_loop()
@@ -611,14 +634,6 @@ class _Children:
             rows += got_rows
             problems += got_problems
         return rows, problems
-
-    def close(self) -> None:
-        for proc, conn in self.procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-            conn.close()
 
 
 def _cpu_now(server: int, children: _Children) -> dict[str, float]:
