@@ -236,12 +236,12 @@ def counting_frames() -> Iterator[FrameCount]:
     count = FrameCount()
     send, receive = Session.data_to_send, Session.receive
 
-    def data_to_send(self: Session, now: float = 0.0) -> list[bytes]:
+    def data_to_send(self: Session, now: float) -> list[bytes]:
         frames: list[bytes] = send(self, now)
         count.sent.extend(len(f) for f in frames if f[1 : 1 + len(_DELTAS_PREFIX)] == _DELTAS_PREFIX)
         return frames
 
-    def receive_frame(self: Session, data: bytes, now: float = 0.0) -> None:
+    def receive_frame(self: Session, data: bytes, now: float) -> None:
         if data[1 : 1 + len(_DELTAS_PREFIX)] == _DELTAS_PREFIX:
             count.received.append(len(data))
         receive(self, data, now)

@@ -166,6 +166,7 @@ def test_error_shape() -> None:
         "credential_invalid",
         "credential_expired",
         "credential_wrong_replica",
+        "credential_revoked",
         "document_out_of_scope",
         "proof_invalid",
     } == CODES

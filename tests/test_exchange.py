@@ -34,17 +34,13 @@ class Fleet(RuleBasedStateMachine):
     @initialize(count=st.integers(min_value=2, max_value=3))
     def start(self, count: int) -> None:
         # Yjs orders concurrent edits by client id; fixed ids make a run replay exactly.
-        self.client_ids = ClientIds()
-        self.client_ids.install()
-        self.replicas = [Replica.in_memory(replica_id=f"dev-{i}") for i in range(count)]
+        client_ids = ClientIds()
+        self.replicas = [Replica.in_memory(replica_id=f"dev-{i}", client_ids=client_ids) for i in range(count)]
 
     def teardown(self) -> None:
         if not hasattr(self, "replicas"):
             return
-        try:
-            self._converge()
-        finally:
-            self.client_ids.uninstall()
+        self._converge()
 
     def _converge(self) -> None:
         for _ in range(2):

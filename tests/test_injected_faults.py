@@ -9,6 +9,8 @@ the story (slower); by default the tests stop at the first failing example.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import sys
 import time
@@ -27,15 +29,19 @@ from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import replica.doc
-from replica import wire
+from replica import runs, wire
 from replica.delta import Delta
 from replica.doc import Document
+from replica.engine import Engine
+from replica.errors import ErrorInfo, StorageError
 from replica.log import DeltaLog
-from replica.replica import Replica
-from replica.session import RELAY, Incoming, Session, merge
-from replica.status import SyncStatus
+from replica.names import RELAY
+from replica.session import Incoming, Session, SessionState
+from replica.status import Progress, SyncState, SyncStatus
 from replica.store import Txn
 from replica.testing import ConvergenceMachine
+from replica.trust import DeviceTrust, RelayAuthority
+from replica.vv import merge
 
 REPORT = bool(os.environ.get("REPLICA_FAULT_REPORT"))
 PROFILE = settings()
@@ -51,12 +57,12 @@ def apply_ahead_of_a_gap() -> Iterator[None]:
     its origin is applied (pycrdt holds it pending) and stored.
 
     Injected around the checks rather than by copying them: while
-    ``Replica._check_incoming`` looks at a delta, the log reports the seq
+    ``Engine._check_incoming`` looks at a delta, the log reports the seq
     before it as held, and appends without their order check."""
     arriving: ContextVar[int] = ContextVar("arriving", default=0)
-    check_incoming, held_seq = Replica._check_incoming, DeltaLog.held_seq
+    check_incoming, held_seq = Engine._check_incoming, DeltaLog.held_seq
 
-    def check(self: Replica, txn: Txn, item: Delta, *rest: Any) -> bool:
+    def check(self: Engine, txn: Txn, item: Delta, *rest: Any) -> bool:
         token = arriving.set(item.seq)
         try:
             return bool(check_incoming(self, txn, item, *rest))
@@ -73,7 +79,7 @@ def apply_ahead_of_a_gap() -> Iterator[None]:
         self._put(txn, doc, origin, vv, item.seq, item.checksum, item.data)
 
     with (
-        _patched(Replica, "_check_incoming", check),
+        _patched(Engine, "_check_incoming", check),
         _patched(DeltaLog, "held_seq", held),
         _patched(DeltaLog, "append", append),
     ):
@@ -90,7 +96,7 @@ def ack_before_commit() -> Iterator[None]:
 
     def early(self: Session, frame: wire.Frame, now: float) -> None:
         handle(self, frame, now)
-        if isinstance(frame, wire.Deltas) and self.state == "open":
+        if isinstance(frame, wire.Deltas) and self.state is SessionState.OPEN:
             vv = self.replica.version_vector(frame.document)
             for item in frame.deltas:
                 merge(vv, {item.origin: item.seq})
@@ -109,26 +115,26 @@ def ack_before_commit() -> Iterator[None]:
 def unsynced_counter() -> Iterator[None]:
     """``unsynced`` kept as a counter: +1 per local delta, minus the replica's
     own deltas newly covered by each relay acknowledgement."""
-    counts: WeakKeyDictionary[Replica, int] = WeakKeyDictionary()
-    append_local, acknowledge, status = Replica._append_local, Replica.acknowledge, Replica.status
+    counts: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
+    append_local, acknowledge, status = Engine._append_local, Engine.acknowledge, Engine.status
 
-    def counting_append(self: Replica, txn: Txn, document: Document, update: bytes) -> None:
+    def counting_append(self: Engine, txn: Txn, document: Document, update: bytes) -> None:
         append_local(self, txn, document, update)
         counts[self] = counts.get(self, 0) + 1
 
-    def counting_acknowledge(self: Replica, remote: str, document: str, vv: Any) -> None:
+    def counting_acknowledge(self: Engine, remote: str, document: str, vv: Any) -> None:
         before = self.watermark(remote, document).get(self.id, 0)
         acknowledge(self, remote, document, vv)
         if remote == RELAY:
             counts[self] = counts.get(self, 0) - max(0, self.watermark(remote, document).get(self.id, 0) - before)
 
-    def counted_status(self: Replica) -> SyncStatus:
+    def counted_status(self: Engine) -> SyncStatus:
         return replace(status(self), unsynced=max(0, counts.get(self, 0)))
 
     with (
-        _patched(Replica, "_append_local", counting_append),
-        _patched(Replica, "acknowledge", counting_acknowledge),
-        _patched(Replica, "status", counted_status),
+        _patched(Engine, "_append_local", counting_append),
+        _patched(Engine, "acknowledge", counting_acknowledge),
+        _patched(Engine, "status", counted_status),
     ):
         yield
 
@@ -158,11 +164,11 @@ def _client_ids(choose: Callable[[Document], int]) -> Iterator[None]:
     init, rebuild = Document.__init__, Document.rebuild
     current: ContextVar[Document | None] = ContextVar("document", default=None)
 
-    def tracked_init(self: Document, name: str, on_commit: Callable[[Document, bytes], None]) -> None:
+    def tracked_init(self: Document, name: str, on_commit: Callable[[Document, bytes], None], **options: Any) -> None:
         self.name, self._on_commit = name, on_commit  # what choose() reads, set before the Doc exists
         token = current.set(self)
         try:
-            init(self, name, on_commit)
+            init(self, name, on_commit, **options)
         finally:
             current.reset(token)
 
@@ -189,7 +195,7 @@ def _client_ids(choose: Callable[[Document], int]) -> Iterator[None]:
 
 def _replica_id(document: Document) -> str:
     owner = getattr(document._on_commit, "__self__", None)
-    return owner.id if isinstance(owner, Replica) else "?"
+    return owner.id if isinstance(owner, Engine) else "?"
 
 
 def reuse_client_id_after_reopen() -> AbstractContextManager[None]:
@@ -202,6 +208,135 @@ def client_id_shared_by_replicas() -> AbstractContextManager[None]:
     """The client id is derived from the document's name, so it is the same
     on every replica and after every reopen."""
     return _client_ids(lambda document: zlib.crc32(document.name.encode()) + 1)
+
+
+# -- faults in the status rules (replica.runs) --------------------------------
+
+
+@contextmanager
+def completed_live_link_recorded_as_failed() -> Iterator[None]:
+    """A live run that completed and then lost its connection (the live loop
+    reconnects) is shown as failed, as if it had never caught up."""
+
+    def closed(run: runs.Run, error: ErrorInfo | None, session: runs.SessionFacts) -> runs.Run:
+        if run.state is SyncState.FAILED or (run.state is SyncState.SYNCED and session.mode == "once"):
+            return run
+        return dataclasses.replace(run, state=SyncState.FAILED, error=error or runs.LOST)
+
+    with _patched(runs, "_closed", closed):
+        yield
+
+
+@contextmanager
+def progress_held_back() -> Iterator[None]:
+    """Progress is published only once the run is over."""
+    progress_of = runs.progress_of
+
+    def late(session: runs.SessionFacts) -> Progress:
+        done = getattr(session, "completed", False) or getattr(session, "closed", False)
+        return progress_of(session) if done else Progress()
+
+    with _patched(runs, "progress_of", late):
+        yield
+
+
+@contextmanager
+def last_synced_at_on_a_failed_run() -> Iterator[None]:
+    """A failed run moves the time of the last sync too."""
+    step = runs.step
+
+    def stamped(
+        run: runs.Run, event: Any, session: runs.SessionFacts, now: float
+    ) -> tuple[runs.Run, list[runs.Record]]:
+        new, records = step(run, event, session, now)
+        if new.state is SyncState.FAILED and new.synced_at is None:
+            new = dataclasses.replace(new, synced_at=now)
+            records = runs._records(run, new, session)
+        return new, records
+
+    with _patched(runs, "step", stamped):
+        yield
+
+
+# -- faults around a commit that fails ----------------------------------------
+
+
+@contextmanager
+def settle_ignores_a_failed_commit() -> Iterator[None]:
+    """A settle whose commit failed goes on as if it had been stored (the
+    failure is logged and swallowed): a run completes on an acknowledgement
+    whose watermark was never written, and the device says SYNCED."""
+    batch = Engine.batch
+
+    @contextmanager
+    def careless(self: Engine) -> Iterator[None]:
+        try:
+            with batch(self):
+                yield
+        except StorageError:
+            logging.getLogger("replica.engine").warning("commit failed; carrying on")
+
+    with _patched(Engine, "batch", careless):
+        yield
+
+
+@contextmanager
+def failed_commit_kept_in_memory() -> Iterator[None]:
+    """After a failed commit the documents are not rebuilt from the log: an
+    edit whose delta was never stored stays in memory."""
+
+    def keep(self: Engine) -> None:
+        return None
+
+    with _patched(Engine, "_reload", keep):
+        yield
+
+
+@contextmanager
+def announced_before_the_commit() -> Iterator[None]:
+    """Each new local delta is announced to ``on_change`` listeners as soon
+    as it is appended, before its commit: live links fan it out at once,
+    even if the commit then fails."""
+    append_local = Engine._append_local
+
+    def eager(self: Engine, txn: Txn, document: Document, update: bytes) -> None:
+        append_local(self, txn, document, update)
+        for callback in list(self._change_listeners):
+            callback(document.name)
+
+    with _patched(Engine, "_append_local", eager):
+        yield
+
+
+# -- faults in the trust decisions (replica.trust) ----------------------------
+
+
+@contextmanager
+def peers_ignore_expiry() -> Iterator[None]:
+    """A device checks another device's credential but not its expiry."""
+    peer_credential = DeviceTrust._peer_credential
+
+    def timeless(self: DeviceTrust, token: str | None, replica_id: str, now: float) -> Any:
+        return peer_credential(self, token, replica_id, 0.0)
+
+    with _patched(DeviceTrust, "_peer_credential", timeless):
+        yield
+
+
+@contextmanager
+def relay_ignores_revocation() -> Iterator[None]:
+    """The relay admits a device whose credential it revoked."""
+    authorize = RelayAuthority.authorize
+
+    def forgetful(self: RelayAuthority, hello: wire.Hello, now: float) -> Any:
+        revoked, self.revoked = self.revoked, ()
+        try:
+            return authorize(self, hello, now)
+        finally:
+            self.revoked = revoked
+
+    with _patched(RelayAuthority, "authorize", forgetful):
+        yield
 
 
 @contextmanager
@@ -283,6 +418,14 @@ FAULTS = [
     unsynced_counter,
     drop_the_delete_set,
     client_id_shared_by_replicas,
+    completed_live_link_recorded_as_failed,
+    progress_held_back,
+    last_synced_at_on_a_failed_run,
+    settle_ignores_a_failed_commit,
+    failed_commit_kept_in_memory,
+    announced_before_the_commit,
+    peers_ignore_expiry,
+    relay_ignores_revocation,
 ]
 
 

@@ -111,14 +111,14 @@ def test_the_window_bounds_unacknowledged_batches(device: Replica, relay: Replic
     fill(device, 3000)
     limits = Limits(window=2, start_batch_bytes=1024, min_batch_bytes=1024, max_batch_bytes=1024)
     link = Wire(device, relay, limits=limits)
-    link.device.start()
-    link.relay.receive(link.device.data_to_send()[0])
-    for frame in link.relay.data_to_send():
-        link.device.receive(frame)
+    link.device.start(0.0)
+    link.relay.receive(link.device.data_to_send(0.0)[0], 0.0)
+    for frame in link.relay.data_to_send(0.0):
+        link.device.receive(frame, 0.0)
     settle(device, [link.device])
-    sent = [wire.decode(f) for f in link.device.data_to_send()]
+    sent = [wire.decode(f) for f in link.device.data_to_send(0.0)]
     assert sum(isinstance(f, wire.Deltas) for f in sent) == 2
-    assert link.device.data_to_send() == []  # nothing more until an ack comes back
+    assert link.device.data_to_send(0.0) == []  # nothing more until an ack comes back
 
 
 def test_batches_grow_with_fast_acks_and_shrink_with_slow_ones(device: Replica, relay: Replica) -> None:
@@ -157,7 +157,7 @@ def test_deltas_the_other_side_got_meanwhile_are_not_sent(device: Replica, relay
     fill(device, 400)
     limits = Limits(window=1, start_batch_bytes=1024, min_batch_bytes=1024, max_batch_bytes=1024)
     link = Wire(device, relay, limits=limits)
-    link.device.start()
+    link.device.start(0.0)
     link.step()
     link.step()  # the first batch is up and acked
     first = relay.version_vector(DOC)["dev-a"]
@@ -245,17 +245,17 @@ def test_deltas_received_from_the_relay_are_not_unsynced(device: Replica, relay:
 def test_no_completion_while_something_is_missing(device: Replica, relay: Replica) -> None:
     fill(device, 50)
     link = Wire(device, relay)
-    link.device.start()
-    link.relay.receive(link.device.data_to_send()[0])
-    for frame in link.relay.data_to_send():
-        link.device.receive(frame)
+    link.device.start(0.0)
+    link.relay.receive(link.device.data_to_send(0.0)[0], 0.0)
+    for frame in link.relay.data_to_send(0.0):
+        link.device.receive(frame, 0.0)
     settle(device, [link.device])
-    frames = link.device.data_to_send()
+    frames = link.device.data_to_send(0.0)
     assert isinstance(wire.decode(frames[-1]), wire.Done)
-    link.relay.receive(frames[-1])  # the deltas frames are lost; only done arrives
+    link.relay.receive(frames[-1], 0.0)  # the deltas frames are lost; only done arrives
     settle(relay, [link.relay])
-    for frame in link.relay.data_to_send():
-        link.device.receive(frame)
+    for frame in link.relay.data_to_send(0.0):
+        link.device.receive(frame, 0.0)
     settle(device, [link.device])
     assert not link.device.completed and not link.relay.completed
 
@@ -265,17 +265,17 @@ def test_live_mode_streams_new_deltas_and_opens_new_documents(device: Replica, r
     link.run()
     assert link.device.completed
     device.doc(DOC).records("r").put("new", {"v": 1})
-    link.device.local_changed(DOC)
+    link.device.local_changed(DOC, 0.0)
     while link.step():
         pass
     assert relay.doc(DOC).records("r").get("new") == {"v": 1}
     device.doc("c7/other").text("t").insert(0, "hi")
-    link.device.local_changed("c7/other")
+    link.device.local_changed("c7/other", 0.0)
     while link.step():
         pass
     assert str(relay.doc("c7/other").text("t")) == "hi"
     relay.doc(DOC).records("r").put("from-relay", {"v": 2})
-    link.relay.local_changed(DOC)
+    link.relay.local_changed(DOC, 0.0)
     while link.step():
         pass
     assert device.doc(DOC).records("r").get("from-relay") == {"v": 2}
@@ -288,9 +288,9 @@ def test_live_mode_streams_new_deltas_and_opens_new_documents(device: Replica, r
 )
 def test_unexpected_first_frames_are_refused(relay: Replica, frame: wire.Frame) -> None:
     session = Session(relay, role="relay", initiator=False, authorize=grant_all)
-    session.receive(wire.encode(frame))
+    session.receive(wire.encode(frame), 0.0)
     assert session.closed and session.error is not None and session.error.code == "unexpected_frame"
-    reply = wire.decode(session.data_to_send()[0])
+    reply = wire.decode(session.data_to_send(0.0)[0])
     assert isinstance(reply, wire.Error) and reply.code == "unexpected_frame"
 
 
@@ -299,8 +299,8 @@ def test_authorization_errors_become_error_frames(relay: Replica) -> None:
         raise ReplicaError("no", code="credential_expired")
 
     session = Session(relay, role="relay", initiator=False, authorize=refuse)
-    session.receive(wire.encode(wire.Hello("dev-a", "device", "token", {})))
-    reply = wire.decode(session.data_to_send()[0])
+    session.receive(wire.encode(wire.Hello("dev-a", "device", "token", {})), 0.0)
+    reply = wire.decode(session.data_to_send(0.0)[0])
     assert isinstance(reply, wire.Error) and reply.code == "credential_expired" and not reply.retryable
     assert session.closed
 
@@ -310,15 +310,16 @@ def test_deltas_for_a_document_not_open(device: Replica, relay: Replica) -> None
     link.run()
     fill(device, 1, "c7/elsewhere")
     relay_session = Session(relay, role="relay", initiator=False, authorize=grant_all)
-    relay_session.receive(wire.encode(wire.Hello("dev-a", "device", None, {})))
-    relay_session.receive(wire.encode(wire.Deltas("c7/elsewhere", tuple(device.missing_deltas("c7/elsewhere", {})))))
+    relay_session.receive(wire.encode(wire.Hello("dev-a", "device", None, {})), 0.0)
+    deltas = tuple(device.missing_deltas("c7/elsewhere", {}))
+    relay_session.receive(wire.encode(wire.Deltas("c7/elsewhere", deltas)), 0.0)
     assert relay_session.closed and relay_session.error is not None
     assert relay_session.error.code == "document_not_open"
 
 
 def test_too_many_documents(relay: Replica) -> None:
     session = Session(relay, role="relay", initiator=False, authorize=grant_all, limits=Limits(max_documents=3))
-    session.receive(wire.encode(wire.Hello("dev-a", "device", None, {f"d{i}": {} for i in range(4)})))
+    session.receive(wire.encode(wire.Hello("dev-a", "device", None, {f"d{i}": {} for i in range(4)})), 0.0)
     assert session.error is not None and session.error.code == "too_many_documents"
 
 
@@ -326,13 +327,13 @@ def test_live_open_sends_nothing_before_the_answer(device: Replica, relay: Repli
     link = Wire(device, relay, mode="live")
     link.run()
     device.doc("c7/new").records("r").put("a", {"v": 1})
-    link.device.local_changed("c7/new")
+    link.device.local_changed("c7/new", 0.0)
     device.doc("c7/new").records("r").put("b", {"v": 2})
-    link.device.local_changed("c7/new")
-    frames = [wire.decode(f) for f in link.device.data_to_send()]
+    link.device.local_changed("c7/new", 0.0)
+    frames = [wire.decode(f) for f in link.device.data_to_send(0.0)]
     assert [type(f).__name__ for f in frames] == ["Open"]
     for frame in frames:
-        link.relay.receive(wire.encode(frame))
+        link.relay.receive(wire.encode(frame), 0.0)
     while link.step():
         pass
     sent = [wire.decode(f) for name, f in link.in_flight if name == "up"]
@@ -347,10 +348,10 @@ def test_live_links_do_not_echo_deltas_back(device: Replica, relay: Replica) -> 
     link.in_flight.clear()
     for i in range(5):
         device.doc(DOC).records("r").put(str(i), {"i": i})
-        link.device.local_changed(DOC)
+        link.device.local_changed(DOC, 0.0)
         while link.step():
             pass
-        link.relay.local_changed(DOC)  # what the relay's fan-out does after every commit
+        link.relay.local_changed(DOC, 0.0)  # what the relay's fan-out does after every commit
         while link.step():
             pass
     down = [wire.decode(f) for name, f in link.in_flight if name == "down"]
@@ -364,13 +365,13 @@ def test_live_devices_are_offered_documents_created_after_they_connected(device:
     other = Replica.in_memory(replica_id="dev-b")
     other.doc("c7/new-village").records("r").put("h1", {"name": "Ada"})
     relay.ingest(other.missing_deltas("c7/new-village", {}))
-    link.relay.local_changed("c7/new-village")
+    link.relay.local_changed("c7/new-village", 0.0)
     while link.step():
         pass
     assert device.doc("c7/new-village").records("r").get("h1") == {"name": "Ada"}
     other.doc("c7/new-village").records("r").put("h2", {"name": "Bo"})
     relay.ingest(other.missing_deltas("c7/new-village", relay.version_vector("c7/new-village")))
-    link.relay.local_changed("c7/new-village")
+    link.relay.local_changed("c7/new-village", 0.0)
     while link.step():
         pass
     assert device.doc("c7/new-village").records("r").get("h2") == {"name": "Bo"}
@@ -378,10 +379,10 @@ def test_live_devices_are_offered_documents_created_after_they_connected(device:
 
 def test_once_links_refuse_unasked_documents(device: Replica, relay: Replica) -> None:
     link = Wire(device, relay)
-    link.device.start()
-    link.relay.receive(link.device.data_to_send()[0])
-    for frame in link.relay.data_to_send():
-        link.device.receive(frame)
-    link.device.receive(wire.encode(wire.Opened("c7/unasked", {})))
+    link.device.start(0.0)
+    link.relay.receive(link.device.data_to_send(0.0)[0], 0.0)
+    for frame in link.relay.data_to_send(0.0):
+        link.device.receive(frame, 0.0)
+    link.device.receive(wire.encode(wire.Opened("c7/unasked", {})), 0.0)
     assert link.device.closed and link.device.error is not None
     assert link.device.error.code == "unexpected_frame"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from replica.delta import Delta
 from replica.doc import Document, Records, Text
+from replica.engine import Engine
 from replica.errors import (
     DataDirError,
     DeltaRejected,
@@ -13,7 +14,8 @@ from replica.errors import (
     ReplicaLocked,
     StorageError,
 )
-from replica.replica import IngestResult, Replica
+from replica.events import IngestResult
+from replica.replica import Replica
 from replica.status import Progress, SyncState, SyncStatus
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "Delta",
     "DeltaRejected",
     "Document",
+    "Engine",
     "ErrorInfo",
     "IngestResult",
     "Progress",

@@ -61,6 +61,7 @@ CREDENTIAL_MISSING = "credential_missing"  # none presented where one is require
 CREDENTIAL_INVALID = "credential_invalid"  # malformed, altered, unknown version or signed by another key
 CREDENTIAL_EXPIRED = "credential_expired"
 CREDENTIAL_WRONG_REPLICA = "credential_wrong_replica"  # names another replica id than the one presenting it
+CREDENTIAL_REVOKED = "credential_revoked"  # the relay no longer accepts this replica's credentials
 DOCUMENT_OUT_OF_SCOPE = "document_out_of_scope"
 PROOF_INVALID = "proof_invalid"  # the holder did not prove it holds the device key its credential names
 CODES = frozenset(
@@ -69,6 +70,7 @@ CODES = frozenset(
         CREDENTIAL_INVALID,
         CREDENTIAL_EXPIRED,
         CREDENTIAL_WRONG_REPLICA,
+        CREDENTIAL_REVOKED,
         DOCUMENT_OUT_OF_SCOPE,
         PROOF_INVALID,
     }
@@ -308,6 +310,14 @@ class _KeyPair:
     def generate(cls) -> Self:
         """A fresh random key pair, not stored anywhere."""
         return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Self:
+        """The key pair whose 32-byte private seed is ``seed`` (deterministic
+        simulations; a real key comes from :meth:`generate`)."""
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     @classmethod
     def load_or_create(cls, path: Path) -> Self:

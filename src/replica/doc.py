@@ -15,7 +15,9 @@ Hazards handled here (PYCRDT-FACTS.md):
   not ``Exception``); a failed apply marks the document broken and the owner
   rebuilds it from its log;
 - a fresh ``Doc`` (and so a fresh Yjs client id) for every session and every
-  rebuild, never a reused one.
+  rebuild, never a reused one. ``client_ids`` is the hook for deterministic
+  tests: a callable handing out ids that must never repeat (see
+  ``replica.testing.clientids``); by default pycrdt draws a random one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from replica.errors import DataDirError
 
 log = logging.getLogger("replica.doc")
 
+#: Hands out Yjs client ids; each call must return one never returned before.
+ClientIdSource = Callable[[], int]
+
 _LOCAL = "replica.local"
 _REMOTE = "replica.remote"
 _RECORDS = "records:"
@@ -48,9 +53,12 @@ def _check_key(kind: str, key: object) -> str:
 class Document:
     """A named CRDT document of a replica. Get one with ``replica.doc(name)``."""
 
-    def __init__(self, name: str, on_commit: Callable[[Document, bytes], None]) -> None:
+    def __init__(
+        self, name: str, on_commit: Callable[[Document, bytes], None], *, client_ids: ClientIdSource | None = None
+    ) -> None:
         self.name = name
         self._on_commit = on_commit
+        self._client_ids = client_ids
         self._depth = 0
         self._captured: list[bytes] = []
         self._records: dict[str, Records] = {}
@@ -58,8 +66,11 @@ class Document:
         self._remote_version = 0
         self._new_ydoc()
 
+    def _fresh_doc(self) -> Doc[Any]:
+        return Doc() if self._client_ids is None else Doc(client_id=self._client_ids())
+
     def _new_ydoc(self) -> None:
-        self._ydoc: Doc[Any] = Doc()
+        self._ydoc: Doc[Any] = self._fresh_doc()
         self._subscription = self._ydoc.observe(self._observe)
 
     def _observe(self, event: TransactionEvent) -> None:
@@ -180,7 +191,7 @@ class Document:
         """Replace the state with a fresh ``Doc`` holding ``payloads`` (the
         log's deltas in applied order). If they do not replay, the document
         keeps its state and :class:`~replica.errors.DataDirError` is raised."""
-        fresh: Doc[Any] = Doc()
+        fresh = self._fresh_doc()
         try:
             with fresh.transaction(origin=_REMOTE):
                 for data in payloads:

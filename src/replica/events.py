@@ -1,7 +1,9 @@
 """Events a sync session reports to its edge (see ``replica.session``).
 
-Frozen dataclasses, as in h11: the edge (``replica.sync.settle`` and the
-asyncio code in ``replica.net``) reads them and decides what to store or show.
+Frozen dataclasses, as in h11: the edge (``replica.sync.settle``, the status
+rules in ``replica.runs`` and the asyncio code in ``replica.net``) reads them
+and decides what to store or show. :class:`IngestResult` goes the other way:
+what the engine did with an :class:`Incoming` batch, told back to the session.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from replica.delta import Delta
-from replica.errors import ErrorInfo
-from replica.wire import VersionVector
+from replica.errors import DeltaRejected, ErrorInfo
+from replica.vv import VersionVector
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,14 @@ class Closed:
 
 
 Event = Connected | Incoming | Acknowledged | Denied | Rejected | Completed | Closed
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What the engine did with a batch of deltas, in order: it stored
+    ``applied`` deltas, skipped ``duplicates`` already held, and stopped at
+    ``rejected`` (not stored) if that is set."""
+
+    applied: int
+    duplicates: int
+    rejected: DeltaRejected | None = None

@@ -43,6 +43,7 @@ import msgpack
 
 from replica.delta import CHECKSUM_SIZE, Delta, checksum
 from replica.store import Store, Txn, prefix_end
+from replica.vv import VersionVector, count_missing, merge
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -50,8 +51,6 @@ _INDEX = struct.Struct(">IIQ")  # doc, origin, seq
 _DELTA_HEAD = struct.Struct(f">IQ{CHECKSUM_SIZE}s")  # origin, seq, checksum
 _HEAD = _DELTA_HEAD.size
 _ALL = 0xFFFFFFFF  # origin number of a whole-document rejection
-
-VersionVector = dict[str, int]
 
 
 class DeltaLog:
@@ -241,23 +240,9 @@ class DeltaLog:
         pos = txn.get("index", _INDEX.pack(doc, number, seq))
         return None if pos is None else txn.get("deltas", _U32.pack(doc) + pos)
 
-    def get(self, txn: Txn, document: str, origin: str, seq: int) -> Delta | None:
-        """One held delta, or None."""
-        row = self._row(txn, document, origin, seq)
-        return None if row is None else self._delta(txn, document, row)
-
     def _delta(self, txn: Txn, document: str, row: bytes) -> Delta:
         origin, seq, check = _DELTA_HEAD.unpack_from(row)
         return Delta(document, self._origin_name(txn, origin), seq, check, bytes(row[_HEAD:]))
-
-    def deltas(self, txn: Txn, document: str) -> Iterator[Delta]:
-        """Every delta of ``document`` in the order this replica applied them."""
-        doc = self._doc(txn, document)
-        if doc is None:
-            return
-        prefix = _U32.pack(doc)
-        for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
-            yield self._delta(txn, document, row)
 
     def payloads(self, txn: Txn, document: str) -> Iterator[bytes]:
         """The bytes of every delta of ``document``, in applied order (for replay)."""
@@ -310,9 +295,7 @@ class DeltaLog:
         doc = self._doc(txn, document, create=True)
         assert doc is not None
         merged = self.watermark(txn, remote, document)
-        for origin, seq in vv.items():
-            if seq > merged.get(origin, 0):
-                merged[origin] = seq
+        merge(merged, vv)
         txn.put("watermarks", self._watermark_key(remote, doc), msgpack.packb(merged))
 
     # -- rejections ----------------------------------------------------------
@@ -391,17 +374,10 @@ class DeltaLog:
 
     def not_covered(self, txn: Txn, remote: str, documents: list[str]) -> int:
         """Deltas of ``documents`` held here and not in ``remote``'s watermark."""
-        total = 0
-        for document in documents:
-            mark = self.watermark(txn, remote, document)
-            for origin, held in self.version_vector(txn, document).items():
-                total += max(0, held - mark.get(origin, 0))
-        return total
-
-    def unsynced(self, txn: Txn, remote: str) -> int:
-        """Deltas held here, of any origin, not covered by ``remote``'s
-        watermark and not refused by it."""
-        return self.sync_counts(txn, remote)[0]
+        return sum(
+            count_missing(self.watermark(txn, remote, document), self.version_vector(txn, document))
+            for document in documents
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Rules for the names users choose: replica ids and document names."""
+"""Names: the rules for replica ids and document names, and the names remotes are kept under."""
 
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ def check_replica_id(replica_id: object) -> str:
 def new_replica_id() -> str:
     """A fresh random replica id (80 bits, lowercase base32-like hex)."""
     return "r" + secrets.token_hex(10)
+
+
+#: The remote name under which a device keeps what its relay holds (watermarks,
+#: refusals); peers are kept under their replica ids.
+RELAY = "relay"
+
+
+def remote_key(remote_id: str, remote_role: str) -> str:
+    """Under which name watermarks and refusals of a remote are kept."""
+    return RELAY if remote_role == "relay" else remote_id

@@ -1,7 +1,8 @@
 """The asyncio edge: websockets links, group commits, one-shot and live syncs.
 
-Everything that decides lives in the sans-I/O session (``replica.session``)
-and in :func:`replica.sync.settle`; this module only moves bytes and time:
+Everything that decides lives in the sans-I/O session (``replica.session``),
+in :func:`replica.sync.settle` and in the status rules (``replica.runs``);
+this module only moves bytes and time:
 
 - :class:`Hub` settles the sessions of all its links in one commit per
   event-loop turn (group commit), then wakes their writers;
@@ -26,11 +27,12 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from replica import wire
+from replica import runs, wire
+from replica.engine import Engine
 from replica.errors import ErrorInfo
-from replica.replica import Replica
-from replica.session import Closed, Completed, Connected, Event, Limits, Session
-from replica.status import Progress, SyncState, SyncStatus
+from replica.events import Connected, Event
+from replica.session import Limits, Session, SessionState
+from replica.status import SyncStatus
 from replica.sync import settle
 from replica.trust import DeviceTrust, remember_relay_answer
 
@@ -49,7 +51,7 @@ EventHandler = Callable[[Session, Event], None]
 class Hub:
     """Settles the sessions of many links together (group commit)."""
 
-    def __init__(self, replica: Replica, on_event: EventHandler) -> None:
+    def __init__(self, replica: Engine, on_event: EventHandler) -> None:
         self.replica = replica
         self._on_event = on_event
         self._dirty: dict[int, Link] = {}
@@ -71,10 +73,10 @@ class Hub:
             return
         try:
             others = settle(self.replica, [link.session for link in links])
-        except Exception as exc:  # a storage failure: every link of this turn fails, retryably
-            log.exception("could not store what the links received")
+        except Exception:  # a bug, not bad input (settle handles storage faults): fail these links, keep serving
+            log.exception("could not settle %d link(s)", len(links))
             for link in links:
-                link.session.fail("storage_error", f"the receiver could not store the deltas: {exc}", True)
+                link.session.fail("internal_error", "the receiver failed unexpectedly; its operator can see why", True)
             others = [(link.session, event) for link in links for event in link.session.events()]
         for session, event in others:
             self._on_event(session, event)
@@ -116,7 +118,7 @@ class Link:
         writer = asyncio.create_task(self._write_loop())
         try:
             while not self.session.closed:
-                limit = self.timeout if self.session.state == "open" else self.handshake_timeout
+                limit = self.timeout if self.session.state is SessionState.OPEN else self.handshake_timeout
                 try:
                     message = await asyncio.wait_for(self.ws.recv(), limit)
                 except TimeoutError:
@@ -157,7 +159,7 @@ class Listener:
     links, and every newly stored batch offered to the live links that have
     its document open (fan-out)."""
 
-    def __init__(self, replica: Replica, make_session: Callable[[], Session], on_event: EventHandler) -> None:
+    def __init__(self, replica: Engine, make_session: Callable[[], Session], on_event: EventHandler) -> None:
         self.replica = replica
         self._make_session = make_session
         self._hub = Hub(replica, on_event)
@@ -236,57 +238,31 @@ def _closed_reason(exc: ConnectionClosed) -> str:
 # -- device side -------------------------------------------------------------
 
 
-class _Run:
-    """Drives one device-side session and reports it: into the replica's
-    (relay-facing) status when the other side is the relay, into that peer's
-    status when it is a peer. ``outcome`` is this run's own result."""
+class DeviceRun:
+    """Drives one device-side session and reports it through the status
+    rules (``replica.runs``): into the home screen's status when the other
+    side is the relay, into that peer's when it is a peer."""
 
-    def __init__(self, replica: Replica, session: Session, *, peer: bool) -> None:
+    def __init__(self, replica: Engine, session: Session, *, peer: bool) -> None:
         self.replica = replica
         self.session = session
-        self.relay_facing = not peer
         self.link: Link | None = None
-        self.decided = False
-        self.outcome: tuple[SyncState, ErrorInfo | None] = (SyncState.SYNCING, None)
-
-    def progress(self) -> Progress:
-        s = self.session
-        return Progress(sent=s.sent, to_send=s.to_send, received=s.received, to_receive=s.to_receive)
+        self.run, records = runs.start(runs.Facing.PEER if peer else runs.Facing.RELAY)
+        replica.record(records)
 
     def on_event(self, session: Session, event: Event) -> None:
-        if isinstance(event, Connected):
-            if event.remote_role == "relay":
-                remember_relay_answer(self.replica, event.credential)
-            elif self.relay_facing:  # it turned out to be a peer: the home screen is not about it
-                self.relay_facing = False
-                self.replica._set_run(SyncState.IDLE, progress=Progress())
-        if isinstance(event, Completed):
-            self.decided = True
-            self.outcome = (SyncState.SYNCED, None)
-            if self.relay_facing:
-                self.replica._set_run(SyncState.SYNCED, progress=self.progress(), synced_at=time.time())
-            else:
-                self._peer_done(time.time(), None)
-            if session.mode == "once" and self.link is not None:
-                self.link.stop()
-        elif isinstance(event, Closed):
-            self.fail(event.error or ErrorInfo("connection_lost", "the connection closed before the end", True))
-        elif self.relay_facing:
-            self.replica._set_run(progress=self.progress())
+        """The hub's event handler: one event of this run's session."""
+        if isinstance(event, Connected) and event.remote_role == "relay":
+            remember_relay_answer(self.replica, event.credential)
+        self.run, records = runs.step(self.run, event, session, time.time())
+        self.replica.record(records)
+        if runs.ends_link(event, session.mode) and self.link is not None:
+            self.link.stop()
 
     def fail(self, error: ErrorInfo) -> None:
-        if not self.decided or self.session.mode == "live":
-            self.decided = True
-            self.outcome = (SyncState.FAILED, error)
-            if self.relay_facing:
-                self.replica._set_run(SyncState.FAILED, progress=self.progress(), error=error)
-            elif self.session.remote_id is not None:
-                self._peer_done(None, error)
-
-    def _peer_done(self, synced_at: float | None, error: ErrorInfo | None) -> None:
-        assert self.session.remote_id is not None
-        missing = max(0, self.session.to_receive - self.session.received)
-        self.replica._set_peer(self.session.remote_id, synced_at=synced_at, error=error, to_receive=missing)
+        """The run ended without a session event saying why."""
+        self.run, records = runs.fail(self.run, error, self.session)
+        self.replica.record(records)
 
     def local_changed(self, document: str) -> None:
         self.session.local_changed(document, time.time())
@@ -295,12 +271,12 @@ class _Run:
 
     def status(self) -> SyncStatus:
         """The replica's status, with this run's own state, error and progress."""
-        state, error = self.outcome
-        return replace(self.replica.status(), state=state, error=error, progress=self.progress())
+        run = self.run
+        return replace(self.replica.status(), state=run.state, error=run.error, progress=run.progress)
 
 
 async def run_link(
-    replica: Replica,
+    replica: Engine,
     url: str,
     *,
     credential: str | None,
@@ -308,7 +284,7 @@ async def run_link(
     timeout: float,
     peer: bool = False,
     limits: Limits | None = None,
-) -> _Run:
+) -> DeviceRun:
     """Run one device session over one connection. Once: returns when the
     run completed or failed. Live: returns when the connection ends."""
     session = Session(
@@ -319,7 +295,7 @@ async def run_link(
         trust=DeviceTrust(replica, credential, peer=peer),
         limits=limits,
     )
-    run = _Run(replica, session, peer=peer)
+    run = DeviceRun(replica, session, peer=peer)
     hub = Hub(replica, run.on_event)
     try:
         async with connect(url, max_size=WS_MAX_SIZE, open_timeout=timeout, compression=None) as ws:
@@ -334,8 +310,7 @@ async def run_link(
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
         session.connection_lost()
         run.fail(_connect_error(url, exc))
-    if not run.decided:
-        run.fail(session.error or ErrorInfo("connection_lost", "the connection closed before the end", True))
+    run.fail(session.error or runs.LOST)  # if nothing decided the run yet
     return run
 
 
@@ -352,7 +327,7 @@ def _connect_error(url: str, exc: BaseException) -> ErrorInfo:
 
 
 async def sync_once(
-    replica: Replica,
+    replica: Engine,
     url: str,
     *,
     credential: str | None,
@@ -361,8 +336,6 @@ async def sync_once(
     limits: Limits | None = None,
 ) -> SyncStatus:
     """One sync run; returns the final status (``SYNCED`` or ``FAILED``)."""
-    if not peer:
-        replica._set_run(SyncState.SYNCING, progress=Progress())
     run = await run_link(replica, url, credential=credential, mode="once", timeout=timeout, peer=peer, limits=limits)
     return run.status()
 
@@ -379,7 +352,7 @@ def backoff(
 
 
 async def sync_live(
-    replica: Replica,
+    replica: Engine,
     url: str,
     *,
     credential: str | None,
@@ -392,8 +365,6 @@ async def sync_live(
     an error that retrying cannot fix; reconnect after drops."""
     delays = backoff(cap=max_delay)
     while True:
-        if not peer:
-            replica._set_run(SyncState.SYNCING, progress=Progress())
         run = await run_link(
             replica, url, credential=credential, mode="live", timeout=timeout, peer=peer, limits=limits
         )

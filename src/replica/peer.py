@@ -19,34 +19,35 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
-from replica.errors import ErrorInfo
+from replica import runs
+from replica.engine import Engine
+from replica.events import Closed, Event
 from replica.net import Listener
-from replica.replica import Replica
-from replica.session import Closed, Completed, Event, Limits, Session
+from replica.session import Limits, Session
 from replica.trust import DeviceTrust
 
 
 class PeerServer:
     """Accepts peer devices for one replica until stopped."""
 
-    def __init__(self, replica: Replica, *, limits: Limits | None = None) -> None:
+    def __init__(self, replica: Engine, *, limits: Limits | None = None) -> None:
         self.replica = replica
         self.limits = limits or Limits()
         self._listener = Listener(replica, self._session, self._on_event)
+        self._runs: dict[int, runs.Run] = {}  # per session: the status rules' view of its run
 
     def _session(self) -> Session:
         trust = DeviceTrust(self.replica)  # fresh: it may have synced with the relay since
         return Session(self.replica, role="peer", initiator=False, authorize=trust.authorize, limits=self.limits)
 
     def _on_event(self, session: Session, event: Event) -> None:
-        if session.remote_id is None or not session.opened:
-            return  # never authenticated: its claimed id proves nothing, record nothing under it
-        missing = max(0, session.to_receive - session.received)
-        if isinstance(event, Completed):
-            self.replica._set_peer(session.remote_id, synced_at=time.time(), error=None, to_receive=missing)
-        elif isinstance(event, Closed) and not session.completed:
-            error = event.error or ErrorInfo("connection_lost", "the peer left before the end", True)
-            self.replica._set_peer(session.remote_id, synced_at=None, error=error, to_receive=missing)
+        run = self._runs.get(id(session)) or runs.start(runs.Facing.PEER)[0]
+        run, records = runs.step(run, event, session, time.time())
+        self.replica.record(records)
+        if isinstance(event, Closed):
+            self._runs.pop(id(session), None)
+        else:
+            self._runs[id(session)] = run
 
     @property
     def url(self) -> str:

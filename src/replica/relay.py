@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from replica import wire
-from replica.credentials import CredentialError, PublicKey, SigningKey
-from replica.errors import ReplicaError
+from replica.credentials import PublicKey, SigningKey
+from replica.engine import Engine
+from replica.events import Event
 from replica.names import new_replica_id
 from replica.net import Listener
-from replica.replica import Replica
-from replica.session import Event, Grant, Limits, Session
+from replica.session import Limits, Session
+from replica.trust import RelayAuthority
 
 log = logging.getLogger("replica.relay")
 
@@ -66,7 +66,8 @@ class Relay:
         self.limits = limits or Limits()
         self.replica_id, self._key = relay_identity(self.data)
         self.public_key: PublicKey = self._key.public_key()
-        self.replica: Replica | None = None
+        self.authority = RelayAuthority(self.replica_id, self._key)
+        self.replica: Engine | None = None
         self._listener: Listener | None = None
 
     @property
@@ -98,10 +99,12 @@ class Relay:
 
     async def start(self) -> None:
         """Open the data directory and start listening."""
-        replica = self.replica = Replica.open(self.data, replica_id=self.replica_id)
+        replica = self.replica = Engine.open(self.data, replica_id=self.replica_id)
 
         def session() -> Session:
-            return Session(replica, role="relay", initiator=False, authorize=self._authorize, limits=self.limits)
+            return Session(
+                replica, role="relay", initiator=False, authorize=self.authority.authorize, limits=self.limits
+            )
 
         self._listener = Listener(replica, session, self._on_event)
         try:
@@ -132,40 +135,6 @@ class Relay:
         await self.stop()
 
     # -- links ---------------------------------------------------------------
-
-    def _authorize(self, hello: wire.Hello, now: float) -> Grant:
-        if hello.role != "device":
-            raise ReplicaError(f"a relay serves devices, not a {hello.role}", code="unexpected_role")
-        if hello.credential is None:
-            raise CredentialError(
-                "no credential was presented; ask the relay operator for one", code="credential_missing"
-            )
-        credential = self.public_key.verify(hello.credential)
-        credential.check(replica_id=hello.replica_id, now=now)
-        if hello.replica_id == self.replica_id:
-            raise ReplicaError("a device is using the relay's own replica id", code="replica_id_clash")
-        bound = None
-        if hello.device_key is not None:
-            if credential.device_key not in (None, hello.device_key):
-                raise CredentialError(
-                    "this credential is bound to another device's key; install the credential issued for this device",
-                    code="credential_invalid",
-                )
-            # The same rights, bound to the device's key, so that peers can check who holds it.
-            bound = (
-                hello.credential
-                if credential.device_key
-                else self._key.issue(
-                    issuer=self.replica_id,
-                    replica_id=credential.replica_id,
-                    documents=credential.documents,
-                    expires_at=credential.expires_at,
-                    now=now,
-                    device_key=hello.device_key,
-                )
-            )
-        proof = None if hello.challenge is None else self._key.sign(hello.challenge)
-        return Grant(hello.replica_id, credential.allows, credential=bound, relay_key=self.public_key.raw, proof=proof)
 
     def _on_event(self, session: Session, event: Event) -> None:
         """Nothing to do on the relay side: sessions ack and close themselves."""

@@ -33,26 +33,41 @@ durable watermarks.
 A run is complete (:class:`Completed`) when the other side has said ``done``,
 it has acknowledged every delta this side held at the handshake, and this side
 holds everything the other side held then: a condition on version vectors,
-not on counters. Anything malformed from the other side queues an ``error``
+not on counters. Completion is decided only once the caller has committed what
+the session reported (its acks as watermarks, the handshake's version
+vectors) and said so with :meth:`Session.settled`: a run whose last
+acknowledgement could not be stored is not complete. Anything malformed from the other side queues an ``error``
 frame, closes the session and emits :class:`Closed`; nothing it sent after
 the fault is stored.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from replica import wire
 from replica.delta import Delta
 from replica.errors import ErrorInfo, ReplicaError
-from replica.events import Acknowledged, Closed, Completed, Connected, Denied, Event, Incoming, Rejected
-from replica.wire import VersionVector
+from replica.events import (
+    Acknowledged,
+    Closed,
+    Completed,
+    Connected,
+    Denied,
+    Event,
+    Incoming,
+    IngestResult,
+    Rejected,
+)
+from replica.log import Rejection
+from replica.names import remote_key
+from replica.vv import VersionVector, count_missing, covers, merge, of_deltas
 
 __all__ = [
-    "RELAY",
     "Acknowledged",
     "Authorizer",
     "Closed",
@@ -63,30 +78,44 @@ __all__ = [
     "Grant",
     "Incoming",
     "Limits",
+    "LogView",
     "Rejected",
     "Session",
+    "SessionState",
     "Trust",
-    "count_missing",
-    "covers",
-    "merge",
-    "remote_key",
 ]
 
-if TYPE_CHECKING:
-    from replica.replica import IngestResult, Replica
+
+class LogView(Protocol):
+    """The reads a session makes of its replica's log (the engine,
+    ``replica.engine.Engine``, provides them). The session never writes."""
+
+    @property
+    def id(self) -> str: ...
+
+    def documents(self) -> list[str]: ...
+
+    def version_vector(self, document: str) -> VersionVector: ...
+
+    def tips(self, document: str) -> dict[str, bytes]: ...
+
+    def checksum_of(self, document: str, origin: str, seq: int) -> bytes | None: ...
+
+    def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]: ...
+
+    def rejections(self, remote: str) -> list[Rejection]: ...
 
 
-#: The remote name under which a device keeps what its relay holds; peers are
-#: kept under their replica ids.
-RELAY = "relay"
+class SessionState(enum.Enum):
+    """Where a session stands: ``IDLE -> HANDSHAKE -> (PROVING ->) OPEN -> CLOSED``.
+    An initiator goes to ``HANDSHAKE`` when it sends its hello; an acceptor
+    waits in ``IDLE`` for it, then in ``PROVING`` for a peer's proof."""
 
-
-def remote_key(remote_id: str, remote_role: str) -> str:
-    """Under which name watermarks and refusals of a remote are kept."""
-    return RELAY if remote_role == "relay" else remote_id
-
-
-# Events are defined in ``replica.events`` and re-exported here.
+    IDLE = "idle"
+    HANDSHAKE = "handshake"
+    PROVING = "proving"
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -153,37 +182,12 @@ def _everything(document: str) -> bool:
     return True
 
 
-def covers(big: VersionVector, small: VersionVector) -> bool:
-    """True if ``big`` holds every delta ``small`` does."""
-    return all(big.get(origin, 0) >= seq for origin, seq in small.items())
-
-
-def merge(into: VersionVector, other: VersionVector) -> None:
-    """Raise ``into`` to cover ``other``."""
-    for origin, seq in other.items():
-        if seq > into.get(origin, 0):
-            into[origin] = seq
-
-
-def _vv_of(deltas: Iterable[Delta]) -> VersionVector:
-    vv: VersionVector = {}
-    for item in deltas:
-        if item.seq > vv.get(item.origin, 0):
-            vv[item.origin] = item.seq
-    return vv
-
-
-def count_missing(have: VersionVector, want: VersionVector) -> int:
-    """Deltas in ``want`` that ``have`` lacks (both contiguous)."""
-    return sum(max(0, seq - have.get(origin, 0)) for origin, seq in want.items())
-
-
 class Session:
     """One end of one sync link. See the module docstring."""
 
     def __init__(
         self,
-        replica: Replica,
+        replica: LogView,
         *,
         role: str,
         initiator: bool,
@@ -210,12 +214,15 @@ class Session:
         self._pending_begin: tuple[dict[str, VersionVector], dict[str, VersionVector]] | None = None
         self._welcome_extras: tuple[str | None, bytes | None] = (None, None)
         self._wanted = None if documents is None else list(documents)
-        self.state = "idle"  # idle -> handshake -> open -> closed
+        self.state = SessionState.IDLE
         self.remote_id: str | None = None
         self.remote_role: str | None = None
         self.error: ErrorInfo | None = None
         self.completed = False
         self.opened = False  # the handshake (and, with peers, both proofs) succeeded
+        #: The other side's identity was checked (its credential, and with peers its proof):
+        #: only then may anything be recorded under its ``remote_id``.
+        self.authenticated = False
         self._grant: Grant | None = None
         self._docs: dict[str, _Doc] = {}
         self._out: list[bytes] = []
@@ -225,6 +232,7 @@ class Session:
         self._batch_bytes = self.limits.start_batch_bytes
         self._sent_done = False
         self._remote_done = False
+        self._unsettled = False  # reported acks or a handshake not yet committed by the caller
         self._turn = 0
         self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
         self._offered: set[str] = set()  # documents offered to the initiator (live acceptor)
@@ -232,9 +240,9 @@ class Session:
 
     # -- the caller's vocabulary ---------------------------------------------
 
-    def start(self, now: float = 0.0) -> None:
+    def start(self, now: float) -> None:
         """Initiator: queue the ``hello``."""
-        if not self.initiator or self.state != "idle":
+        if not self.initiator or self.state is not SessionState.IDLE:
             raise RuntimeError("start() is for an idle initiating session")
         names = self.replica.documents() if self._wanted is None else self._wanted
         documents = {name: self.replica.version_vector(name) for name in names}
@@ -254,11 +262,11 @@ class Session:
                 device_key=key,
             )
         )
-        self.state = "handshake"
+        self.state = SessionState.HANDSHAKE
 
-    def receive(self, data: bytes, now: float = 0.0) -> None:
+    def receive(self, data: bytes, now: float) -> None:
         """Feed one frame received from the other side."""
-        if self.state == "closed":
+        if self.state is SessionState.CLOSED:
             return
         try:
             frame = wire.decode(data, max_frame_bytes=self.limits.max_frame_bytes, max_batch=self.limits.max_batch)
@@ -268,7 +276,7 @@ class Session:
 
     def ingested(self, event: Incoming, result: IngestResult) -> None:
         """Report what became of an :class:`Incoming` batch, after its commit."""
-        if self.state == "closed":
+        if self.state is SessionState.CLOSED:
             return
         rejected = result.rejected
         if rejected is not None:
@@ -287,16 +295,24 @@ class Session:
             self._close(rejected.info())
             return
         state = self._docs[event.document]
-        arrived = _vv_of(event.deltas)
+        arrived = of_deltas(event.deltas)
         merge(state.remote, arrived)
         merge(state.queued, arrived)
         self.received += len(event.deltas)
         self._send(wire.Ack(event.document, self.replica.version_vector(event.document)))
         self._check_complete()
 
-    def local_changed(self, document: str, now: float = 0.0) -> None:
+    def settled(self) -> None:
+        """The caller committed what this session reported so far (see
+        :func:`replica.sync.settle`): completion may now be decided."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._unsettled = False
+        self._check_complete()
+
+    def local_changed(self, document: str, now: float) -> None:
         """Live mode: new deltas of ``document`` are in the local log."""
-        if self.state != "open" or self.mode != "live":
+        if self.state is not SessionState.OPEN or self.mode != "live":
             return
         state = self._docs.get(document)
         if state is None:
@@ -314,9 +330,9 @@ class Session:
         self._refill(document, count=True)
         self._pump(now)
 
-    def data_to_send(self, now: float = 0.0) -> list[bytes]:
+    def data_to_send(self, now: float) -> list[bytes]:
         """Frames to write to the other side, in order."""
-        if self.state == "open":
+        if self.state is SessionState.OPEN:
             self._pump(now)
         out, self._out = self._out, []
         return out
@@ -328,21 +344,21 @@ class Session:
 
     def connection_lost(self, message: str = "the connection was lost") -> None:
         """The transport closed. Retryable unless the session already ended."""
-        if self.state != "closed":
+        if self.state is not SessionState.CLOSED:
             self._close(
                 ErrorInfo("connection_lost", message, True) if not self.completed or self.mode == "live" else None
             )
 
     def fail(self, code: str, message: str, retryable: bool) -> None:
         """Queue an ``error`` frame and close (a fault found by either side)."""
-        if self.state == "closed":
+        if self.state is SessionState.CLOSED:
             return
         self._send(wire.Error(code, message, retryable))
         self._close(ErrorInfo(code, message, retryable))
 
     @property
     def closed(self) -> bool:
-        return self.state == "closed"
+        return self.state is SessionState.CLOSED
 
     @property
     def documents(self) -> list[str]:
@@ -355,7 +371,7 @@ class Session:
         self._out.append(wire.encode(frame))
 
     def _close(self, error: ErrorInfo | None) -> None:
-        self.state = "closed"
+        self.state = SessionState.CLOSED
         self.error = error
         self._events.append(Closed(error))
 
@@ -365,34 +381,35 @@ class Session:
                 self._events.append(Rejected(frame.document, frame.origin, frame.seq, frame.code, frame.message))
             self._close(ErrorInfo(frame.code, frame.message, frame.retryable))
             return
-        if self.state == "idle" and not self.initiator and isinstance(frame, wire.Hello):
+        if self.state is SessionState.IDLE and not self.initiator and isinstance(frame, wire.Hello):
             self._accept(frame, now)
-        elif self.state == "handshake" and isinstance(frame, wire.Welcome):
+        elif self.state is SessionState.HANDSHAKE and isinstance(frame, wire.Welcome):
             self._welcomed(frame, now)
-        elif self.state == "proving" and isinstance(frame, wire.Proof):
+        elif self.state is SessionState.PROVING and isinstance(frame, wire.Proof):
             assert self._grant is not None and self._grant.verify_proof is not None and self._pending_begin
             self._grant.verify_proof(frame.proof)
+            self.authenticated = True
             self._begin(*self._pending_begin)
-        elif self.state == "open" and isinstance(frame, wire.Deltas):
+        elif self.state is SessionState.OPEN and isinstance(frame, wire.Deltas):
             if frame.document not in self._docs:
                 raise ReplicaError(
                     f"deltas for {frame.document!r}, which is not open on this link", code="document_not_open"
                 )
             # It holds what it sends: never offer those deltas back (live links would echo them).
-            merge(self._docs[frame.document].queued, _vv_of(frame.deltas))
+            merge(self._docs[frame.document].queued, of_deltas(frame.deltas))
             self._events.append(Incoming(frame.document, frame.deltas))
-        elif self.state == "open" and isinstance(frame, wire.Ack):
+        elif self.state is SessionState.OPEN and isinstance(frame, wire.Ack):
             self._acked(frame, now)
-        elif self.state == "open" and isinstance(frame, wire.Done):
+        elif self.state is SessionState.OPEN and isinstance(frame, wire.Done):
             self._remote_done = True
             self._check_complete()
-        elif self.state == "open" and isinstance(frame, wire.Open) and not self.initiator:
+        elif self.state is SessionState.OPEN and isinstance(frame, wire.Open) and not self.initiator:
             self._open_requested(frame)
-        elif self.state == "open" and isinstance(frame, wire.Opened) and self.initiator:
+        elif self.state is SessionState.OPEN and isinstance(frame, wire.Opened) and self.initiator:
             self._opened(frame)
         else:
             raise ReplicaError(
-                f"unexpected {type(frame).__name__.lower()} frame in state {self.state}", code="unexpected_frame"
+                f"unexpected {type(frame).__name__.lower()} frame in state {self.state.value}", code="unexpected_frame"
             )
 
     def _accept(self, hello: wire.Hello, now: float) -> None:
@@ -436,9 +453,10 @@ class Session:
         )
         remote = {d: hello.documents.get(d, {}) for d in names}
         if grant.verify_proof is not None:  # a peer: wait for its proof before exchanging anything
-            self.state = "proving"
+            self.state = SessionState.PROVING
             self._pending_begin = (local, remote)
         else:
+            self.authenticated = True
             self._begin(local, remote)
 
     def _welcomed(self, welcome: wire.Welcome, now: float) -> None:
@@ -449,6 +467,7 @@ class Session:
         else:
             raise ReplicaError(f"a {welcome.role} answered, and this session cannot check it", code="unexpected_role")
         self.remote_id, self.remote_role = welcome.replica_id, welcome.role
+        self.authenticated = True
         self._welcome_extras = (welcome.credential, welcome.relay_key)
         for document, (code, message) in welcome.denied.items():
             self._events.append(Denied(document, code, message))
@@ -482,7 +501,7 @@ class Session:
                     )
 
     def _begin(self, local: dict[str, VersionVector], remote: dict[str, VersionVector]) -> None:
-        self.state = "open"
+        self.state = SessionState.OPEN
         self.opened = True
         assert self.remote_id is not None and self.remote_role is not None
         for refusal in self.replica.rejections(remote_key(self.remote_id, self.remote_role)):
@@ -496,12 +515,12 @@ class Session:
         self._events.append(
             Connected(self.remote_id, self.remote_role, remote, self.to_send, self.to_receive, *self._welcome_extras)
         )
-        self._check_complete()
+        self._unsettled = True
 
     def _refill(self, document: str, *, count: bool) -> None:
         state = self._docs[document]
         missing = self.replica.missing_deltas(document, state.queued)
-        merge(state.queued, _vv_of(missing))
+        merge(state.queued, of_deltas(missing))
         if self._cuts:
             missing = [d for d in missing if d.seq < self._cuts.get((document, d.origin), 2**63)]
             for (name, origin), seq in self._cuts.items():
@@ -569,7 +588,7 @@ class Session:
         self.sent += count
         assert self.remote_id is not None and self.remote_role is not None
         self._events.append(Acknowledged(self.remote_id, self.remote_role, ack.document, dict(ack.vv), count))
-        self._check_complete()
+        self._unsettled = True
 
     def _adapt(self, elapsed: float) -> None:
         limits = self.limits
@@ -619,8 +638,10 @@ class Session:
         return (document, items) if items else None
 
     def _check_complete(self) -> None:
-        if self.completed or self.state != "open" or not self._remote_done or self._in_flight:
+        if self.completed or self.state is not SessionState.OPEN or not self._remote_done or self._in_flight:
             return
+        if self._unsettled:
+            return  # decided in settled(), once what it depends on is stored
         for name, state in self._docs.items():
             if state.pending or not covers(state.remote, state.start_local):
                 return

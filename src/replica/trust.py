@@ -1,6 +1,12 @@
-"""Who a device trusts: its relay's pinned key, its own key, its credential.
+"""Who trusts whom: the relay's admission of devices, and a device's trust in
+its relay and its peers. Every trust decision of replica is made here.
 
-A device holds an Ed25519 key of its own (``device.key`` in its data
+:class:`RelayAuthority` is the relay's side: a device is admitted with a
+credential the relay signed, naming the replica id it presents, unexpired by
+the relay's clock and not revoked; the relay binds it to the device's key and
+proves it holds its own key by signing the device's challenge.
+
+:class:`DeviceTrust` is a device's side. A device holds an Ed25519 key of its own (``device.key`` in its data
 directory, mode 0600; a fresh one per process for in-memory replicas). When it
 syncs with its relay, it sends the public half; the relay answers with a
 credential *bound* to that key (same replica id, documents and expiry as the
@@ -25,22 +31,30 @@ exchanged only where both credentials allow them.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from replica import wire
-from replica.credentials import Credential, CredentialError, DeviceKey, PublicKey, new_challenge, verify_proof
+from replica.credentials import (
+    Credential,
+    CredentialError,
+    DeviceKey,
+    PublicKey,
+    SigningKey,
+    new_challenge,
+    verify_proof,
+)
+from replica.engine import Engine
 from replica.errors import ReplicaError
-from replica.replica import Replica
 from replica.session import Grant
 
 KEY_FILE = "device.key"
 RELAY_KEY = "relay_public_key"
 BOUND_CREDENTIAL = "bound_credential"
 
-_ephemeral: weakref.WeakKeyDictionary[Replica, DeviceKey] = weakref.WeakKeyDictionary()
+_ephemeral: weakref.WeakKeyDictionary[Engine, DeviceKey] = weakref.WeakKeyDictionary()
 
 
-def device_key(replica: Replica) -> DeviceKey:
+def device_key(replica: Engine) -> DeviceKey:
     """This device's own key pair, created on first use (kept in the data
     directory; in memory, one per replica object)."""
     if replica.path is None:
@@ -51,19 +65,19 @@ def device_key(replica: Replica) -> DeviceKey:
     return DeviceKey.load_or_create(replica.path / KEY_FILE)
 
 
-def remember_relay_answer(replica: Replica, credential: str | None) -> None:
+def remember_relay_answer(replica: Engine, credential: str | None) -> None:
     """Keep the credential the relay bound to this device's key."""
     if credential is not None and credential != replica.setting(BOUND_CREDENTIAL):
         replica.set_setting(BOUND_CREDENTIAL, credential)
 
 
-def pinned_relay_key(replica: Replica) -> PublicKey | None:
+def pinned_relay_key(replica: Engine) -> PublicKey | None:
     """The relay public key this device trusts, if it has one yet."""
     text = replica.setting(RELAY_KEY)
     return None if text is None else PublicKey.from_text(text)
 
 
-def pin_relay_key(replica: Replica, key: PublicKey, *, replace: bool = False) -> None:
+def pin_relay_key(replica: Engine, key: PublicKey, *, replace: bool = False) -> None:
     """Trust ``key`` as the relay's (from a first sync, or an operator's file).
     A different key than the pinned one is refused unless ``replace``."""
     pinned = pinned_relay_key(replica)
@@ -78,20 +92,46 @@ def pin_relay_key(replica: Replica, key: PublicKey, *, replace: bool = False) ->
 
 class DeviceTrust:
     """The trust decisions of one device: as an initiator (the session's
-    ``trust``) and as an acceptor of peers (the session's ``authorize``)."""
+    ``trust``) and as an acceptor of peers (the session's ``authorize``).
 
-    def __init__(self, replica: Replica, credential: str | None = None, *, peer: bool = False) -> None:
+    ``key``: the device's key pair (default: :func:`device_key`);
+    ``challenges``: where fresh challenges come from (default: random, as
+    they must be; a simulation passes a deterministic source)."""
+
+    def __init__(
+        self,
+        replica: Engine,
+        credential: str | None = None,
+        *,
+        peer: bool = False,
+        key: DeviceKey | None = None,
+        challenges: Callable[[], bytes] = new_challenge,
+    ) -> None:
         self.replica = replica
         self.peer = peer  # as an initiator: the other side must be a peer (never accept a "relay")
-        self.key = device_key(replica)
-        self.relay_key = pinned_relay_key(replica)
-        self.credential = replica.setting(BOUND_CREDENTIAL) or credential
-        self._challenge = new_challenge()
+        self.key = device_key(replica) if key is None else key
+        self._given = credential
+        self._challenges = challenges
+        self._challenge = challenges()
 
     # -- both roles ----------------------------------------------------------
 
+    # Read at each decision, not when the session was made: a device may sync
+    # with its relay (and pin its key) between a peer connecting and its hello.
+
+    @property
+    def relay_key(self) -> PublicKey | None:
+        """The relay key this device checks credentials with, if pinned yet."""
+        return pinned_relay_key(self.replica)
+
+    @property
+    def credential(self) -> str | None:
+        """What this device presents: its credential bound to its key, or the one it was given."""
+        return self.replica.setting(BOUND_CREDENTIAL) or self._given
+
     def _peer_credential(self, token: str | None, replica_id: str, now: float) -> Credential:
-        if self.relay_key is None:
+        relay_key = self.relay_key
+        if relay_key is None:
             raise CredentialError(
                 f"device {self.replica.id} has no relay key to check other devices with; it must sync with "
                 "the relay once first (or have its key pinned with `replica peer trust`)",
@@ -99,17 +139,18 @@ class DeviceTrust:
             )
         if token is None:
             raise CredentialError(f"device {replica_id} presented no credential", code="credential_missing")
-        credential = self.relay_key.verify(token)
+        credential = relay_key.verify(token)
         credential.check(replica_id=replica_id, now=now)
         return credential
 
     def _own_credential(self, now: float) -> Credential:
-        if self.credential is None or self.relay_key is None:
+        token, relay_key = self.credential, self.relay_key
+        if token is None or relay_key is None:
             raise CredentialError(
                 f"device {self.replica.id} has no credential for peers yet; it must sync with the relay once first",
                 code="credential_missing",
             )
-        own = self.relay_key.verify(self.credential)
+        own = relay_key.verify(token)
         own.check(replica_id=self.replica.id, now=now)
         if own.device_key != self.key.public_raw:
             raise CredentialError(
@@ -155,7 +196,7 @@ class DeviceTrust:
         own = self._own_credential(now)
         if hello.challenge is None:
             raise CredentialError("the other device sent no challenge", code="proof_invalid")
-        challenge = new_challenge()
+        challenge = self._challenges()
         return Grant(
             hello.replica_id,
             self._both(own, other),
@@ -164,3 +205,56 @@ class DeviceTrust:
             proof=self.key.sign(hello.challenge),
             verify_proof=lambda proof: verify_proof(other, challenge, proof),
         )
+
+
+class RelayAuthority:
+    """The relay's admission of devices (the session's ``authorize``).
+
+    ``revoked``: replica ids whose credentials the relay no longer accepts.
+    """
+
+    def __init__(self, replica_id: str, key: SigningKey, *, revoked: Container[str] = ()) -> None:
+        self.replica_id = replica_id
+        self.key = key
+        self.public_key = key.public_key()
+        self.revoked = revoked
+
+    def authorize(self, hello: wire.Hello, now: float) -> Grant:
+        """Admit the device saying ``hello`` at time ``now``, or raise."""
+        if hello.role != "device":
+            raise ReplicaError(f"a relay serves devices, not a {hello.role}", code="unexpected_role")
+        if hello.credential is None:
+            raise CredentialError(
+                "no credential was presented; ask the relay operator for one", code="credential_missing"
+            )
+        credential = self.public_key.verify(hello.credential)
+        credential.check(replica_id=hello.replica_id, now=now)
+        if hello.replica_id == self.replica_id:
+            raise ReplicaError("a device is using the relay's own replica id", code="replica_id_clash")
+        if hello.replica_id in self.revoked:
+            raise CredentialError(
+                f"the relay operator revoked the credential of {hello.replica_id}; ask for a new one",
+                code="credential_revoked",
+            )
+        bound = None
+        if hello.device_key is not None:
+            if credential.device_key not in (None, hello.device_key):
+                raise CredentialError(
+                    "this credential is bound to another device's key; install the credential issued for this device",
+                    code="credential_invalid",
+                )
+            # The same rights, bound to the device's key, so that peers can check who holds it.
+            bound = (
+                hello.credential
+                if credential.device_key
+                else self.key.issue(
+                    issuer=self.replica_id,
+                    replica_id=credential.replica_id,
+                    documents=credential.documents,
+                    expires_at=credential.expires_at,
+                    now=now,
+                    device_key=hello.device_key,
+                )
+            )
+        proof = None if hello.challenge is None else self.key.sign(hello.challenge)
+        return Grant(hello.replica_id, credential.allows, credential=bound, relay_key=self.public_key.raw, proof=proof)

@@ -18,6 +18,7 @@ import msgpack
 
 from replica.delta import CHECKSUM_SIZE, Delta
 from replica.errors import ReplicaError
+from replica.vv import VersionVector
 
 VERSION = 1
 
@@ -28,8 +29,6 @@ MAX_DOCUMENTS = 1_000
 
 ROLES = ("device", "relay", "peer")
 MODES = ("once", "live")
-
-VersionVector = dict[str, int]
 
 
 class ProtocolError(ReplicaError):

@@ -15,10 +15,13 @@ Needs hypothesis (``pip install replica[testing]``). What is here:
 
 from __future__ import annotations
 
-from replica.testing.checks import Monitor, canonical, check_converged, observe, replayed
+from replica.testing.backends import Backend, FaultyStore, LmdbBackend, MemoryBackend
+from replica.testing.checks import Monitor, check_converged, observe, replayed
 from replica.testing.clientids import ClientIds
+from replica.testing.ledger import Ledger
+from replica.testing.links import Link, Node, canonical, describe
 from replica.testing.machine import ConvergenceMachine, DifferentialMachine, FleetMachine, devices
-from replica.testing.network import Backend, Fleet, Link, LmdbBackend, MemoryBackend, Node, describe
+from replica.testing.network import Fleet
 from replica.testing.strategies import (
     Action,
     Delete,
@@ -50,9 +53,11 @@ __all__ = [
     "DifferentialMachine",
     "Edit",
     "Erase",
+    "FaultyStore",
     "Fleet",
     "FleetMachine",
     "Insert",
+    "Ledger",
     "Link",
     "LmdbBackend",
     "MemoryBackend",

@@ -1,9 +1,12 @@
 """What must hold of a fleet after every step, and once the network healed.
 
 Each check is computed from what the replicas hold (logs, watermarks,
-refusals) and what the fleet saw on the wire, independently of the code that
-keeps the status, so that a wrong count or a false ``SYNCED`` shows as a
-mismatch between two ways of knowing the same thing.
+refusals) and what the fleet saw on the wire and in the sessions (its
+:class:`~replica.testing.network.Ledger`), independently of the code that
+keeps the status, so that a wrong count, a false ``SYNCED``, a failure
+recorded where a run completed, progress held back, or a handshake decided
+against the credentials shows as a mismatch between two ways of knowing the
+same thing.
 """
 
 from __future__ import annotations
@@ -12,20 +15,18 @@ from typing import Any
 
 from replica import values
 from replica.doc import Document
-from replica.replica import Replica
-from replica.session import RELAY, covers
+from replica.engine import Engine
+from replica.errors import ErrorInfo
+from replica.names import RELAY
+from replica.runs import LOST
 from replica.status import SyncState
-from replica.testing.network import Fleet, Node
-from replica.wire import VersionVector
+from replica.testing.ledger import RelayRun
+from replica.testing.links import Node, canonical
+from replica.testing.network import Fleet
+from replica.vv import VersionVector, count_missing, covers
 
 
-def canonical(document: Document) -> bytes:
-    """The contents of a document as bytes that are equal exactly when the
-    contents are (``contents()`` is canonically ordered; NaN equals NaN)."""
-    return values.encode(document.contents())
-
-
-def replayed(replica: Replica, name: str) -> bytes:
+def replayed(replica: Engine, name: str) -> bytes:
     """:func:`canonical` of ``name`` rebuilt from the replica's log alone."""
     fresh = Document(name, _refuse_writes)
     try:
@@ -44,7 +45,7 @@ def _refuse_writes(document: Document, update: bytes) -> None:
     raise AssertionError("a replay must not make deltas")
 
 
-def log_version_vectors(replica: Replica) -> dict[str, VersionVector]:
+def log_version_vectors(replica: Engine) -> dict[str, VersionVector]:
     """Every document's version vector, after checking that the log holds
     seqs 1..n of each origin and nothing else."""
     out = {}
@@ -73,10 +74,11 @@ class Monitor:
 
     def check(self, fleet: Fleet) -> None:
         """Every invariant; raises ``AssertionError`` with the story's terms."""
-        with fleet.client_ids.active():
-            held = {node.name: self._check_log(fleet, node) for node in fleet.nodes.values()}
-            for node in fleet.devices:
-                self._check_device(fleet, node, held)
+        assert not fleet.ledger.violations, "\n".join(fleet.ledger.violations)
+        held = {node.name: self._check_log(fleet, node) for node in fleet.nodes.values()}
+        for node in fleet.devices:
+            self._check_device(fleet, node, held)
+            self._check_run(fleet, node)
 
     def _check_log(self, fleet: Fleet, node: Node) -> dict[str, VersionVector]:
         vvs = log_version_vectors(node.replica)
@@ -85,9 +87,22 @@ class Monitor:
                 f"{node}: the version vector of {name} went back from {old} to {vvs.get(name, {})}"
             )
         self.vvs[node.name] = vvs
-        for name, acked in fleet.acked[node.name].items():
+        for name, acked in fleet.ledger.acked[node.name].items():
             assert covers(vvs.get(name, {}), acked), (
                 f"{node} acknowledged {acked} of {name}, but its log holds only {vvs.get(name, {})}"
+            )
+        for name, announced in fleet.ledger.announced[node.name].items():
+            assert covers(vvs.get(name, {}), announced), (
+                f"{node} announced {announced} of {name} as stored, but its log holds only {vvs.get(name, {})}"
+            )
+        for name, sent in fleet.ledger.sent[node.name].items():
+            assert covers(vvs.get(name, {}), sent), (
+                f"{node} sent {sent} of {name}, but its log holds only {vvs.get(name, {})}"
+            )
+        published = fleet.ledger.published.get(node.name)
+        if published is not None:
+            assert published == node.replica.status(), (
+                f"{node}: its status is {node.replica.status()}, but the last one it published is {published}"
             )
         return vvs
 
@@ -111,9 +126,9 @@ class Monitor:
             assert covers(relay.get(name, {}), mark), (
                 f"{node} counts {mark} of {name} as acknowledged by the relay, whose log holds {relay.get(name, {})}"
             )
-            said = fleet.relay_said[node.name].get(name, {})
+            said = fleet.ledger.relay_said[node.name].get(name, {})
             assert covers(said, mark), f"{node}: watermark {mark} of {name} beyond anything the relay said ({said})"
-            missing = sum(max(0, seq - mark.get(origin, 0)) for origin, seq in mine.get(name, {}).items())
+            missing = count_missing(mark, mine.get(name, {}))
             if name in refused:
                 rejected += missing
             else:
@@ -137,7 +152,8 @@ class Monitor:
     def _check_synced(
         fleet: Fleet, node: Node, mine: dict[str, VersionVector], relay: dict[str, VersionVector]
     ) -> None:
-        start = fleet.synced_runs.get(node.name)
+        track = fleet.ledger.relay_runs.get(node.name)
+        start = None if track is None or track.completed_at is None else track.start
         assert start is not None and start.relay is not None, f"{node} says SYNCED without a completed run"
         replica = node.replica
         for name, vv in start.device.items():
@@ -152,39 +168,77 @@ class Monitor:
                 f"{node} says SYNCED, but lacks some of {vv} of {name} that the relay held at the start"
             )
 
+    @staticmethod
+    def _check_run(fleet: Fleet, node: Node) -> None:
+        """The home screen shows the device's last relay-facing run as its
+        session went: state, error, progress and time of completion."""
+        status = node.replica.status()
+        track = fleet.ledger.relay_runs.get(node.name)
+        state, error = expected_run(track)
+        assert (status.state, status.error) == (state, error), (
+            f"{node}: status {status.state.name} ({status.error}); its last relay run says {state.name} ({error})"
+        )
+        if track is not None:
+            progress = (status.progress.sent, status.progress.received)
+            assert progress == (track.sent, track.received), (
+                f"{node}: progress says sent {progress[0]}, received {progress[1]}; "
+                f"the session says sent {track.sent}, received {track.received}"
+            )
+        completions = fleet.ledger.completions.get(node.name, [])
+        if track is not None and track.completed_at is not None:
+            assert status.last_synced_at == track.completed_at, (
+                f"{node}: last synced at {status.last_synced_at}, but its run completed at {track.completed_at}"
+            )
+        else:
+            assert status.last_synced_at is None or status.last_synced_at in completions, (
+                f"{node}: last synced at {status.last_synced_at}, when no relay run completed ({completions})"
+            )
+
+
+def expected_run(track: RelayRun | None) -> tuple[SyncState, ErrorInfo | None]:
+    """What the home screen must say of a device whose last relay-facing run
+    went as ``track`` says (None: none since it was opened)."""
+    if track is None:
+        return SyncState.IDLE, None
+    if track.completed_at is not None:
+        harmless = track.mode == "once" or track.error is None or track.error.retryable
+        return (SyncState.SYNCED, None) if not track.closed or harmless else (SyncState.FAILED, track.error)
+    if not track.closed:
+        return SyncState.SYNCING, None
+    return SyncState.FAILED, track.error or LOST
+
 
 def check_converged(fleet: Fleet) -> None:
     """After :meth:`Fleet.heal`: every replica holds the same deltas and the
     same contents of every shared document, every document equals the replay
     of its log, nothing is unsynced, and what the relay refused is counted."""
-    with fleet.client_ids.active():
-        relay = fleet.relay.replica
-        shared = relay.documents()
-        outside = [name for name in shared if not fleet.allows(name)]
-        assert not outside, f"the relay stored documents outside every credential: {outside}"
-        expected = {name: (relay.version_vector(name), canonical(relay.doc(name))) for name in shared}
-        for node in fleet.nodes.values():
-            replica = node.replica
-            for name in replica.documents():
-                assert canonical(replica.doc(name)) == replayed(replica, name), (
-                    f"{node}: {name} in memory differs from the replay of its log"
-                )
-        for node in fleet.devices:
-            replica = node.replica
-            status = replica.status()
-            assert status.state is SyncState.SYNCED, f"{node}: the last sync after healing ended {status}"
-            assert status.unsynced == 0, f"{node}: {status.unsynced} deltas unsynced after healing"
-            names = replica.documents()
-            got = {name: (replica.version_vector(name), canonical(replica.doc(name))) for name in names}
-            mine = {name: value for name, value in got.items() if fleet.allows(name)}
-            for name in sorted(set(mine) | set(expected)):
-                assert mine.get(name) == expected.get(name), _difference(node, name, mine.get(name), expected.get(name))
-            private = {name: sum(replica.version_vector(name).values()) for name in names if not fleet.allows(name)}
-            refused = {refusal.document for refusal in replica.rejections(RELAY)}
-            assert set(private) <= refused, f"{node}: {sorted(set(private) - refused)} not shown as refused"
-            assert status.rejected == sum(private.values()), (
-                f"{node}: {status.rejected} deltas shown as refused, {sum(private.values())} held out of scope"
+    relay = fleet.relay.replica
+    shared = relay.documents()
+    outside = [name for name in shared if not fleet.allows(name)]
+    assert not outside, f"the relay stored documents outside every credential: {outside}"
+    expected = {name: (relay.version_vector(name), canonical(relay.doc(name))) for name in shared}
+    for node in fleet.nodes.values():
+        replica = node.replica
+        for name in replica.documents():
+            assert canonical(replica.doc(name)) == replayed(replica, name), (
+                f"{node}: {name} in memory differs from the replay of its log"
             )
+    for node in fleet.devices:
+        replica = node.replica
+        status = replica.status()
+        assert status.state is SyncState.SYNCED, f"{node}: the last sync after healing ended {status}"
+        assert status.unsynced == 0, f"{node}: {status.unsynced} deltas unsynced after healing"
+        names = replica.documents()
+        got = {name: (replica.version_vector(name), canonical(replica.doc(name))) for name in names}
+        mine = {name: value for name, value in got.items() if fleet.allows(name)}
+        for name in sorted(set(mine) | set(expected)):
+            assert mine.get(name) == expected.get(name), _difference(node, name, mine.get(name), expected.get(name))
+        private = {name: sum(replica.version_vector(name).values()) for name in names if not fleet.allows(name)}
+        refused = {refusal.document for refusal in replica.rejections(RELAY)}
+        assert set(private) <= refused, f"{node}: {sorted(set(private) - refused)} not shown as refused"
+        assert status.rejected == sum(private.values()), (
+            f"{node}: {status.rejected} deltas shown as refused, {sum(private.values())} held out of scope"
+        )
 
 
 def _difference(node: Node, name: str, got: Any, expected: Any) -> str:
@@ -200,18 +254,17 @@ def observe(fleet: Fleet) -> dict[str, Any]:
     """Everything observable of a fleet, for comparing two backends: each
     replica's documents (version vector, contents, watermark), statuses, and
     the frames in flight, byte for byte."""
-    with fleet.client_ids.active():
-        out: dict[str, Any] = {}
-        for node in fleet.nodes.values():
-            replica = node.replica
-            status = replica.status()
-            out[node.name] = {
-                "documents": {
-                    name: (replica.version_vector(name), canonical(replica.doc(name)), replica.watermark(RELAY, name))
-                    for name in replica.documents()
-                },
-                "status": (status.state, status.unsynced, status.rejected, status.error),
-                "refusals": replica.rejections(RELAY),
-            }
-        out["links"] = [(str(link), list(link.up), list(link.down)) for link in fleet.links]
-        return out
+    out: dict[str, Any] = {}
+    for node in fleet.nodes.values():
+        replica = node.replica
+        status = replica.status()
+        out[node.name] = {
+            "documents": {
+                name: (replica.version_vector(name), canonical(replica.doc(name)), replica.watermark(RELAY, name))
+                for name in replica.documents()
+            },
+            "status": (status.state, status.unsynced, status.rejected, status.error),
+            "refusals": replica.rejections(RELAY),
+        }
+    out["links"] = [(str(link), list(link.up), list(link.down)) for link in fleet.links]
+    return out

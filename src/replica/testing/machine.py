@@ -3,8 +3,9 @@
 :class:`FleetMachine` owns the fleet and every rule about the network: links
 opened and closed (device-relay and device-device, once or live), frames
 delivered, dropped, duplicated and delayed in an order hypothesis draws,
-replicas crashed at a drawn point and reopened from disk, credentials revoked,
-expired and renewed. After every step it checks the invariants of
+replicas crashed at a drawn point and reopened from disk, commits that fail,
+clocks set wrong (past the credentials' expiry, too), credentials revoked and
+restored. After every step it checks the invariants of
 ``replica.testing.checks``; at the end it heals the network, syncs until quiet
 and checks that everything converged.
 
@@ -42,8 +43,18 @@ from replica.doc import Document
 from replica.session import Limits
 from replica.testing import strategies
 from replica.testing.checks import Monitor, check_converged, observe
-from replica.testing.network import Fleet, Link, describe
+from replica.testing.links import Link, describe
+from replica.testing.network import EXPIRY_STEP, LIFETIME, Fleet
 from replica.testing.strategies import Edit, NetworkStep, RunPlan
+
+
+def skews() -> st.SearchStrategy[float]:
+    """How far ahead a node's clock is: not at all, a few hours, or past the
+    expiry of the first ``k`` devices' credentials (device ``i``'s expires at
+    ``LIFETIME + i * EXPIRY_STEP``), so that one side of a handshake can see
+    a credential expired that the other side does not."""
+    past = st.integers(0, 5).map(lambda k: LIFETIME + (k + 0.5) * EXPIRY_STEP)
+    return st.sampled_from([0.0, 3 * 3600.0]) | past
 
 
 def devices() -> st.SearchStrategy[int]:
@@ -70,6 +81,8 @@ class FleetMachine(RuleBasedStateMachine):
     frame_faults: ClassVar[bool] = True
     #: Whether replicas crash (between steps, or between receiving and committing).
     crashes: ClassVar[bool] = True
+    #: Whether commits fail now and then (a full or broken disk).
+    storage_faults: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,11 +127,18 @@ class FleetMachine(RuleBasedStateMachine):
     def start_fleet(self, data: st.DataObject) -> None:
         count = data.draw(st.integers(self.min_devices, self.max_devices), label="devices")
         limits = self.limits(data)
+        provisioned = data.draw(st.booleans(), label="every device synced once")
         for backend in self.backends:
-            self.fleets.append(Fleet(count, backend=backend, scope=self.scope, limits=limits))
+            fleet = Fleet(count, backend=backend, scope=self.scope, limits=limits)
+            self.fleets.append(fleet)
             self.monitors.append(Monitor())
+            if provisioned:  # as a field team's tablets are handed out: the relay's key and a bound credential
+                for node in fleet.devices:
+                    fleet.sync(node.name)
         names = ", ".join(node.name for node in self.fleet.devices)
         note(f"fleet: relay-1 and {names}; batches of {limits.max_batch_bytes} B, window {limits.window}")
+        if provisioned:
+            note("every device synced with the relay once")
 
     def teardown(self) -> None:
         # Hypothesis tears down in a ``finally``: after a failed step, only
@@ -135,8 +155,7 @@ class FleetMachine(RuleBasedStateMachine):
         for fleet in self.fleets:
             fleet.heal()
             check_converged(fleet)
-            with fleet.client_ids.active():
-                self.check_final(fleet)
+            self.check_final(fleet)
         self._compare()
         note(f"healed {when}: everything converged")
 
@@ -173,12 +192,16 @@ class FleetMachine(RuleBasedStateMachine):
         links = [fleet.open_link(name, target, live=live) for fleet in self.fleets]
         note(f"open {links[0]}")
 
-    @rule(device=devices(), other=st.integers(0, 5), plan=strategies.run_plans())
-    def sync(self, device: int, other: int, plan: RunPlan) -> None:
+    @rule(device=devices(), other=st.integers(0, 5), plan=strategies.run_plans(), skew=st.none() | skews())
+    def sync(self, device: int, other: int, plan: RunPlan, skew: float | None) -> None:
         """A device syncs (the "Sync Data" button): one once-run with the
-        relay or a peer, start to end, with the plan's faults and crash."""
+        relay or a peer, start to end, with the plan's faults and crash, and
+        perhaps its clock set wrong first (field devices' clocks drift)."""
         name = self.device_name(device)
         target = self._target(name, other)
+        if skew is not None:
+            stories = [fleet.set_skew(name, skew) for fleet in self.fleets]
+            note(stories[0])
         link = self.fleet.linked(name, target)
         if link is None:
             for fleet in self.fleets:
@@ -229,6 +252,8 @@ class FleetMachine(RuleBasedStateMachine):
             plan = replace(plan, faults=())
         if not self.crashes:
             plan = replace(plan, crash_at=None)
+        if not self.storage_faults:
+            plan = replace(plan, commit_fault_at=None)
         name = str(self._link(self.fleet, link))
         stories = [fleet.run(self._link(fleet, link), plan) for fleet in self.fleets]
         note(f"{name} runs: " + "; ".join(stories[0]))
@@ -240,8 +265,7 @@ class FleetMachine(RuleBasedStateMachine):
         between two steps, up to ``survivors`` frames it had sent still
         arriving; or, ``while_receiving``, right after reading the next frame
         sent to it (a batch of deltas if one is next), before its commit."""
-        nodes = self.fleet.devices
-        name = self.fleet.relay.name if node < 3 else nodes[node % len(nodes)].name
+        name = self._node_name(node)
         if while_receiving:  # the next frame to it, a batch of deltas if one is next somewhere
             heads = [
                 (not describe(link.queue(up)[0]).startswith("deltas"), number, up)
@@ -257,21 +281,43 @@ class FleetMachine(RuleBasedStateMachine):
         stories = [fleet.crash(name, survivors=survivors) for fleet in self.fleets]
         note(stories[0])
 
-    # -- credentials ---------------------------------------------------------
+    # -- credentials, clocks and disks ---------------------------------------
 
-    @rule(device=devices(), expired=st.booleans())
-    def credential(self, device: int, expired: bool) -> None:
-        """The relay revokes a device's credential, or it expires (any other
-        bad one is renewed first: one problem at a time); if that device's
-        was the bad one, the operator renews it."""
+    @rule(device=devices())
+    def credential(self, device: int) -> None:
+        """The relay revokes a device's credential, or the operator takes the
+        revocation back (peers, offline, cannot know either)."""
         name = self.device_name(device)
-        renew = self.fleet.credentials[name] != "valid"
+        revoked = name in self.fleet.revoked
         for fleet in self.fleets:
-            for other in fleet.credentials:
-                fleet.renew(other)
-            if not renew:
-                fleet.revoke(name, expired=expired)
-        note(f"{name}'s credential {'is renewed' if renew else 'expires' if expired else 'is revoked'}")
+            if revoked:
+                fleet.renew(name)
+            else:
+                fleet.revoke(name)
+        note(f"{name}'s credential {'is restored' if revoked else 'is revoked'}")
+
+    @rule(node=st.integers(0, 9), skew=skews())
+    def clock(self, node: int, skew: float) -> None:
+        """A node's clock is set right or ahead (see :func:`skews`; ``node``
+        0 to 2 is the relay, otherwise a device)."""
+        name = self._node_name(node)
+        stories = [fleet.set_skew(name, skew) for fleet in self.fleets]
+        note(stories[0])
+
+    @precondition(lambda self: self.storage_faults)
+    @rule(node=st.integers(0, 9), settle=st.booleans())
+    def storage_fault(self, node: int, settle: bool) -> None:
+        """The next commit of a node fails (``node`` 0 to 2 is the relay,
+        otherwise a device), or with ``settle`` its next commit of what its
+        links received: nothing it held may be acknowledged, sent on,
+        announced or counted as synced, and the replica keeps working."""
+        name = self._node_name(node)
+        stories = [fleet.storage_fault(name, settle=settle) for fleet in self.fleets]
+        note(stories[0])
+
+    def _node_name(self, node: int) -> str:
+        nodes = self.fleet.devices
+        return self.fleet.relay.name if node < 3 else nodes[node % len(nodes)].name
 
     def heal_and_check(self) -> None:
         """Heal the network now, sync until quiet, check convergence (call

@@ -3,274 +3,67 @@
 Theory of operation
 -------------------
 A :class:`Fleet` holds one relay and a few devices, each a real
-:class:`~replica.Replica` (on LMDB in a temporary folder, or in memory), and
-the *links* between them. A link is a pair of sans-I/O sessions
-(``replica.session``) with one queue of frames per direction; nothing moves
-unless the caller says so. Each call is one event of the story: a local edit,
-a link opened or closed, the next frame of one direction delivered, dropped,
-duplicated or delayed, a replica crashed and reopened from disk, a credential
-revoked. After a delivery the receiver settles its sessions with
-:func:`replica.sync.settle`, exactly as every real edge does, and everything
-the sessions want to send is moved onto the queues.
+:class:`~replica.Replica` (on LMDB in a temporary folder, or in memory; see
+``replica.testing.backends``), and the *links* between them. A link is a pair
+of sans-I/O sessions (``replica.session``) with one queue of frames per
+direction; nothing moves unless the caller says so. Each call is one event of
+the story: a local edit, a link opened or closed, the next frame of one
+direction delivered, dropped, duplicated or delayed, a replica crashed and
+reopened from disk, its next commit failing, its clock set wrong, a
+credential revoked.
 
-The fleet also plays the edge's part of the status API (``SYNCING`` when a
-device opens a link to the relay, ``SYNCED`` on completion, ``FAILED`` on a
-close before it) and records what it saw on the wire, so that the checks
-(``replica.testing.checks``) can hold the replicas to what they announced:
-every ``ack`` a replica sent, what the relay told each device, and each run's
-starting point. Frames already sent by a replica that crashes can still
-arrive; frames towards it are lost.
+The fleet is an edge like ``replica.net``, and runs the code that ships:
+after a delivery the receiver settles its sessions with
+:func:`replica.sync.settle`; every event goes through the status rules of
+``replica.runs`` into ``Engine.record``; the relay admits devices with
+:class:`~replica.trust.RelayAuthority` and devices check the relay and each
+other with :class:`~replica.trust.DeviceTrust`, with real Ed25519 keys and
+credentials (deterministic seeds and challenges, so that a story replays
+byte for byte). Each node has its own clock (the fleet's time plus a skew),
+so expiry and clock skew are reachable from both sides of every handshake.
 
-Devices reach the relay with a credential from :attr:`Fleet.credentials`
-(``valid``, ``revoked`` or ``expired``): the relay refuses the last two at the
-handshake; devices checking each other offline can only see expiry.
+Alongside, the fleet keeps a :class:`Ledger` of what it saw, read from the
+sessions and the wire and never from the status code: every ``ack`` a
+replica sent, every delta it sent, every change it announced, what the relay
+told each device, each relay-facing run's start, completion and end, and
+each handshake's verdict checked against what the credentials and clocks
+allow. The checks (``replica.testing.checks``) hold the replicas to it.
+Frames already sent by a replica that crashes can still arrive; frames
+towards it are lost.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import shutil
-import tempfile
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
+from replica import credentials, runs, wire
 from replica import sync as _sync  # looked up at call time: tests may patch settle
-from replica import wire
-from replica.credentials import CredentialError
+from replica.credentials import DeviceKey, SigningKey
 from replica.doc import Document
-from replica.errors import ErrorInfo, ReplicaError
+from replica.errors import StorageError
+from replica.events import Event
+from replica.names import RELAY
 from replica.replica import Replica
-from replica.session import Closed, Completed, Event, Grant, Limits, Session, merge
-from replica.status import Progress, SyncState
-from replica.store.lmdb import LmdbStore
-from replica.store.memory import MemoryStore
+from replica.session import Limits, Session, SessionState
+from replica.testing.backends import Backend, backend_named, commit_fault_pending, fail_next_commit
 from replica.testing.clientids import ClientIds
+from replica.testing.ledger import Ledger, RelayRun, RunStart
+from replica.testing.links import ACK_PREFIX, Link, Node, canonical, describe, is_deltas, seed
 from replica.testing.strategies import Action, NetworkStep, RunPlan
-from replica.wire import VersionVector
+from replica.trust import BOUND_CREDENTIAL, DeviceTrust, RelayAuthority, pinned_relay_key
+from replica.vv import VersionVector, covers, merge, of_deltas
 
 RELAY_ID = "relay-1"
-VALID, REVOKED, EXPIRED = "valid", "revoked", "expired"
 #: Simulated seconds per delivered frame (acks come back fast: batches grow).
 TICK = 0.001
-_MAP_SIZE = 1 << 28
-_ACK_PREFIX = b"\xa1t\xa3ack"
-_DELTAS_PREFIX = b"\xa1t\xa6deltas"
-
-
-# -- storage backends --------------------------------------------------------
-
-
-class Backend:
-    """Where a fleet keeps its replicas; ``reopen`` is a restart after a crash."""
-
-    name = "backend"
-
-    def open(self, replica_id: str) -> Replica:
-        raise NotImplementedError
-
-    def reopen(self, replica: Replica) -> Replica:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Drop everything kept (after the replicas are closed)."""
-
-
-class LmdbBackend(Backend):
-    """One LMDB data directory per replica under a temporary folder.
-
-    ``fsync=False`` (the default) commits without flushing to the disk: a
-    simulated crash closes and reopens the environment in this process, so
-    it reads back exactly what was committed either way, and the suite runs
-    several times faster. Power loss is ``tests/test_crash.py``'s business.
-    """
-
-    name = "lmdb"
-
-    def __init__(self, root: Path | None = None, *, fsync: bool = False) -> None:
-        self._owned = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="replica-fleet-")) if root is None else root
-        self.fsync = fsync
-
-    def open(self, replica_id: str) -> Replica:
-        return self._open(self.root / replica_id, replica_id)
-
-    def reopen(self, replica: Replica) -> Replica:
-        replica.close()
-        assert replica.path is not None
-        return self._open(replica.path, None)
-
-    def _open(self, path: Path, replica_id: str | None) -> Replica:
-        if self.fsync:
-            return Replica.open(path, replica_id=replica_id, map_size=_MAP_SIZE)
-        store = LmdbStore(path, map_size=_MAP_SIZE, sync=False)
-        replica = Replica(store, replica_id=replica_id)  # what Replica.open does, minus the fsync
-        replica.path = path
-        return replica
-
-    def close(self) -> None:
-        if self._owned:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-class MemoryBackend(Backend):
-    """Replicas in memory (what ``Replica.in_memory()`` builds); a reopen
-    builds a new replica over the same tables, as a restart would find them."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self._stores: dict[str, MemoryStore] = {}
-
-    def open(self, replica_id: str) -> Replica:
-        store = self._stores[replica_id] = MemoryStore()
-        return Replica(store, replica_id=replica_id)
-
-    def reopen(self, replica: Replica) -> Replica:
-        replica.close()
-        return Replica(self._stores[replica.id])
-
-    def close(self) -> None:
-        self._stores.clear()
-
-
-def backend_named(name: str) -> Backend:
-    """``"lmdb"`` or ``"memory"``."""
-    if name == "lmdb":
-        return LmdbBackend()
-    if name == "memory":
-        return MemoryBackend()
-    raise ValueError(f"unknown backend {name!r}; use 'lmdb' or 'memory'")
-
-
-# -- nodes and links ---------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Node:
-    """One replica of the fleet: the relay or a device."""
-
-    name: str
-    role: str  # "device" or "relay"
-    replica: Replica
-    crashes: int = 0
-
-    def __str__(self) -> str:
-        return self.name
-
-
-@dataclass(eq=False)
-class Link:
-    """Two sessions and the frames travelling between them."""
-
-    number: int
-    initiator: Node
-    acceptor: Node
-    near: Session  # the initiator's session
-    far: Session  # the acceptor's session
-    mode: str
-    up: deque[bytes] = field(default_factory=deque)  # initiator -> acceptor
-    down: deque[bytes] = field(default_factory=deque)  # acceptor -> initiator
-    closing: bool = False  # a once-run completed: close when its last frames are out
-
-    @property
-    def relay_facing(self) -> bool:
-        return self.acceptor.role == "relay"
-
-    def queue(self, up: bool) -> deque[bytes]:
-        return self.up if up else self.down
-
-    def ends(self, up: bool) -> tuple[Node, Session, Node, Session]:
-        """``(sender, its session, receiver, its session)`` for a direction."""
-        if up:
-            return self.initiator, self.near, self.acceptor, self.far
-        return self.acceptor, self.far, self.initiator, self.near
-
-    def session_of(self, node: Node) -> Session | None:
-        if node is self.initiator:
-            return self.near
-        if node is self.acceptor:
-            return self.far
-        return None
-
-    def __str__(self) -> str:
-        arrow = "=>" if self.mode == "live" else "->"
-        return f"L{self.number}({self.initiator}{arrow}{self.acceptor})"
-
-
-@dataclass
-class RunStart:
-    """Where a device-relay run started: what the device held at its hello
-    and what the relay held when it answered."""
-
-    device: dict[str, VersionVector]
-    relay: dict[str, VersionVector] | None = None
-
-
-def describe(frame: bytes) -> str:
-    """One frame in a few words, for the story of a failing example."""
-    try:
-        decoded = wire.decode(frame)
-    except ReplicaError as exc:
-        return f"<undecodable frame: {exc}>"
-    if isinstance(decoded, wire.Deltas):
-        spans: dict[str, list[int]] = {}
-        for item in decoded.deltas:
-            spans.setdefault(item.origin, []).append(item.seq)
-        parts = ", ".join(f"{o}#{min(s)}" + (f"..{max(s)}" if len(s) > 1 else "") for o, s in spans.items())
-        return f"deltas {decoded.document} [{parts}]"
-    if isinstance(decoded, wire.Ack):
-        return f"ack {decoded.document} {decoded.vv}"
-    if isinstance(decoded, wire.Hello):
-        return f"hello from {decoded.replica_id} ({decoded.mode}) {decoded.documents}"
-    if isinstance(decoded, wire.Welcome):
-        denied = f" denied {sorted(decoded.denied)}" if decoded.denied else ""
-        return f"welcome from {decoded.replica_id} {decoded.documents}{denied}"
-    if isinstance(decoded, wire.Error):
-        return f"error {decoded.code}"
-    if isinstance(decoded, wire.Open | wire.Opened):
-        return f"{type(decoded).__name__.lower()} {decoded.document} {decoded.vv}"
-    return type(decoded).__name__.lower()
-
-
-def _is_deltas(frame: bytes) -> bool:
-    return frame[1 : 1 + len(_DELTAS_PREFIX)] == _DELTAS_PREFIX
-
-
-def _vv_of_deltas(frame: wire.Deltas) -> VersionVector:
-    vv: VersionVector = {}
-    for item in frame.deltas:
-        vv[item.origin] = max(vv.get(item.origin, 0), item.seq)
-    return vv
-
-
-# -- trust in the simulation -------------------------------------------------
-
-
-class SimTrust:
-    """A device's trust decisions as initiator towards a peer (the
-    ``session.Trust`` protocol), with tokens ``sim:<replica id>`` and proofs
-    ``proof:<replica id>``: enough to drive the peer handshake, including its
-    ``proving`` state, without keys."""
-
-    def __init__(self, fleet: Fleet, device: str) -> None:
-        self.fleet = fleet
-        self.device = device
-
-    def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None]:
-        return f"sim:{self.device}", b"challenge", None
-
-    def check_welcome(self, welcome: wire.Welcome, now: float) -> tuple[Callable[[str], bool], bytes | None]:
-        if welcome.role != "peer":
-            raise ReplicaError(f"expected a peer, not a {welcome.role}", code="unexpected_role")
-        self.fleet._check_peer_credential(welcome.credential, welcome.replica_id)
-        self.fleet._check_peer_credential(f"sim:{self.device}", self.device)
-        if welcome.proof != b"proof:" + welcome.replica_id.encode():
-            raise CredentialError("the other device did not prove who it is", code="proof_invalid")
-        return self.fleet.allows, b"proof:" + self.device.encode()
+#: How long the credentials the fleet issues last, in simulated seconds:
+#: device number ``i``'s expires at ``LIFETIME + i * EXPIRY_STEP``, so that a
+#: clock can stand past some devices' expiry and not others'.
+LIFETIME = 30 * 86400.0
+EXPIRY_STEP = 86400.0
 
 
 # -- the fleet ---------------------------------------------------------------
@@ -299,31 +92,33 @@ class Fleet:
         self.scope = tuple(scope)
         self.limits = limits or Limits()
         self.client_ids = ClientIds()
-        self.client_ids.install()
         self.nodes: dict[str, Node] = {}
         self.links: list[Link] = []
         self.now = 0.0
         self._numbers = 0
+        self.relay_key = SigningKey.from_seed(seed("relay", RELAY_ID))
+        #: Replica ids whose credentials the relay revoked.
+        self.revoked: set[str] = set()
+        self.authority = RelayAuthority(RELAY_ID, self.relay_key, revoked=self.revoked)
+        #: Per device: the credential it was given (the relay binds it to the device's key).
         self.credentials: dict[str, str] = {}
-        #: Per replica and document: every ``ack`` it sent, merged.
-        self.acked: dict[str, dict[str, VersionVector]] = {}
-        #: Per device and document: all that the relay's frames said it holds.
-        self.relay_said: dict[str, dict[str, VersionVector]] = {}
-        #: Per device: the start of the run whose completion made it SYNCED.
-        self.synced_runs: dict[str, RunStart] = {}
-        self._starts: dict[int, RunStart] = {}
-        self._unsubscribe: dict[str, Callable[[], None]] = {}
+        #: Per device: when its credential expires.
+        self.expires: dict[str, float] = {}
+        self.ledger = Ledger()
+        self._unsubscribe: dict[str, list[Callable[[], None]]] = {}
         self.closed = False
         names = list(device_ids) if device_ids is not None else [f"dev-{i}" for i in range(devices)]
-        with self.client_ids.active():
-            try:
-                self._add(RELAY_ID, "relay")
-                for name in names:
-                    self._add(name, "device")
-                    self.credentials[name] = VALID
-            except BaseException:
-                self.close()
-                raise
+        try:
+            self._add(RELAY_ID, "relay")
+            for number, name in enumerate(names):
+                self._add(name, "device")
+                self.expires[name] = LIFETIME + number * EXPIRY_STEP
+                self.credentials[name] = self.relay_key.issue(
+                    issuer=RELAY_ID, replica_id=name, documents=self.scope, expires_at=self.expires[name], now=self.now
+                )
+        except BaseException:
+            self.close()
+            raise
 
     # -- replicas ------------------------------------------------------------
 
@@ -346,44 +141,70 @@ class Fleet:
         """True if the devices' credentials cover ``document``."""
         return any(fnmatch.fnmatchcase(document, pattern) for pattern in self.scope)
 
+    def clock(self, node: Node) -> float:
+        """What ``node``'s clock says now."""
+        return self.now + node.skew
+
+    def device_key(self, name: str) -> DeviceKey:
+        """Device ``name``'s key pair (the same after every restart)."""
+        return DeviceKey.from_seed(seed("device", name))
+
     def _add(self, name: str, role: str) -> None:
-        node = Node(name, role, self.backend.open(name))
+        node = Node(name, role, self.backend.open(name, self.client_ids))
         self.nodes[name] = node
-        self.acked[name] = {}
+        for table in (self.ledger.acked, self.ledger.sent, self.ledger.announced):
+            table[name] = {}
         if role == "device":
-            self.relay_said[name] = {}
+            self.ledger.relay_said[name] = {}
         self._watch(node)
 
     def _watch(self, node: Node) -> None:
-        self._unsubscribe[node.name] = node.replica.on_change(lambda document: self._changed(node, document))
+        replica = node.replica
+        announced = self.ledger.announced[node.name]
+        for name in replica.documents():
+            announced[name] = replica.version_vector(name)
+        self.ledger.published.pop(node.name, None)
+        self._unsubscribe[node.name] = [
+            replica.on_change(lambda document: self._changed(node, document)),
+            replica.subscribe(lambda status: self.ledger.published.__setitem__(node.name, status)),
+        ]
 
     def _changed(self, node: Node, document: str) -> None:
-        """New deltas in ``node``'s log: live sessions offer them (fan-out)."""
+        """``node`` announced new deltas of ``document``: they must be in its
+        log; live sessions offer them (fan-out)."""
+        vv = node.replica.version_vector(document)
+        before = self.ledger.announced[node.name].get(document, {})
+        if covers(before, vv):
+            self.ledger.violations.append(
+                f"{node} announced a change of {document}, but its log holds nothing new ({vv})"
+            )
+        self.ledger.announced[node.name][document] = vv
         for link in self.links:
             session = link.session_of(node)
             if session is not None and link.mode == "live" and not session.closed:
-                session.local_changed(document, self.now)
-
-    @contextmanager
-    def _acting(self) -> Iterator[None]:
-        if self.closed:
-            raise RuntimeError("this fleet is closed")
-        with self.client_ids.active():
-            yield
+                session.local_changed(document, self.clock(node))
 
     def edit(self, name: str, document: str, change: Callable[[Document], Any]) -> Any:
         """Run ``change(doc)`` on a replica's document (its deltas commit as
-        usual); live links offer them at once. Returns what ``change`` returns."""
-        with self._acting():
+        usual); live links offer them at once. Returns what ``change``
+        returns, or None if the commit failed (a storage fault: the edit is
+        not kept, and the document is as its log says)."""
+        self._check_open()
+        try:
             result = change(self.replica(name).doc(document))
-            self._pump()
-            return result
+        except StorageError:
+            result = None
+        self._pump()
+        return result
 
     def read(self, name: str, read: Callable[[Replica], Any]) -> Any:
-        """Run ``read(replica)`` with this fleet's client ids (documents loaded
-        for reading get deterministic ids too)."""
-        with self._acting():
-            return read(self.replica(name))
+        """Run ``read(replica)`` on node ``name``'s replica."""
+        self._check_open()
+        return read(self.replica(name))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this fleet is closed")
 
     # -- links ---------------------------------------------------------------
 
@@ -397,60 +218,59 @@ class Fleet:
     def open_link(self, initiator: str, acceptor: str | None = None, *, live: bool = False) -> Link:
         """A device connects to the relay (default) or to another device,
         and sends its hello. One link per pair at most."""
-        with self._acting():
-            near_node = self.nodes[initiator]
-            far_node = self.nodes[acceptor or RELAY_ID]
-            if near_node.role != "device" or near_node is far_node:
-                raise ValueError("a device opens links, to the relay or to another device")
-            if self.linked(near_node.name, far_node.name) is not None:
-                raise ValueError(f"{near_node} and {far_node} are already linked")
-            mode = "live" if live else "once"
-            if far_node.role == "relay":
-                near = Session(near_node.replica, role="device", initiator=True, mode=mode, limits=self.limits)
-                far = Session(
-                    far_node.replica, role="relay", initiator=False, authorize=self._relay_authorize, limits=self.limits
-                )
-            else:
-                near = Session(
-                    near_node.replica,
-                    role="device",
-                    initiator=True,
-                    mode=mode,
-                    trust=SimTrust(self, near_node.name),
-                    limits=self.limits,
-                )
-                far = Session(
-                    far_node.replica,
-                    role="peer",
-                    initiator=False,
-                    authorize=self._peer_authorizer(far_node.name),
-                    limits=self.limits,
-                )
-            self._numbers += 1
-            link = Link(self._numbers, near_node, far_node, near, far, mode)
-            self.links.append(link)
-            replica = near_node.replica
-            if link.relay_facing:
-                self._starts[link.number] = RunStart(
-                    {name: replica.version_vector(name) for name in replica.documents()}
-                )
-                replica._set_run(SyncState.SYNCING, progress=Progress())
-            near.start(self.now)
-            self._pump()
-            return link
+        self._check_open()
+        near_node = self.nodes[initiator]
+        far_node = self.nodes[acceptor or RELAY_ID]
+        if near_node.role != "device" or near_node is far_node:
+            raise ValueError("a device opens links, to the relay or to another device")
+        if self.linked(near_node.name, far_node.name) is not None:
+            raise ValueError(f"{near_node} and {far_node} are already linked")
+        mode = "live" if live else "once"
+        to_peer = far_node.role == "device"
+        trust = DeviceTrust(
+            near_node.replica,
+            self.credentials[near_node.name],
+            peer=to_peer,
+            key=self.device_key(near_node.name),
+            challenges=near_node.next_challenge,
+        )
+        near = Session(near_node.replica, role="device", initiator=True, mode=mode, trust=trust, limits=self.limits)
+        hello_bound = near_node.replica.setting(BOUND_CREDENTIAL) is not None
+        if to_peer:
+            authorize = DeviceTrust(
+                far_node.replica, key=self.device_key(far_node.name), challenges=far_node.next_challenge
+            ).authorize
+            far = Session(far_node.replica, role="peer", initiator=False, authorize=authorize, limits=self.limits)
+        else:
+            far = Session(
+                far_node.replica, role="relay", initiator=False, authorize=self.authority.authorize, limits=self.limits
+            )
+        self._numbers += 1
+        near_run, records = runs.start(runs.Facing.PEER if to_peer else runs.Facing.RELAY)
+        link = Link(self._numbers, near_node, far_node, near, far, mode, near_run, hello_bound=hello_bound)
+        self.links.append(link)
+        replica = near_node.replica
+        if link.relay_facing:
+            start = RunStart({name: replica.version_vector(name) for name in replica.documents()})
+            self.ledger.relay_runs[near_node.name] = RelayRun(link.number, mode, start)
+        replica.record(records)
+        near.start(self.clock(near_node))
+        self._pump()
+        return link
 
     def close_link(self, link: Link, reason: str = "the connection was lost") -> None:
         """The transport breaks: frames in flight are lost, both ends learn it."""
-        with self._acting():
-            if link not in self.links:
-                return
-            self.links.remove(link)
-            link.up.clear()
-            link.down.clear()
-            for node, session in ((link.initiator, link.near), (link.acceptor, link.far)):
-                session.connection_lost(reason)
-                self._settle(node, [session], link)
-            self._pump()
+        self._check_open()
+        if link not in self.links:
+            return
+        self.links.remove(link)
+        link.up.clear()
+        link.down.clear()
+        for node, session in ((link.initiator, link.near), (link.acceptor, link.far)):
+            session.connection_lost(reason)
+            self._settle(node, [session], link)
+        self._look(link, closed=True)
+        self._pump()
 
     # -- frames --------------------------------------------------------------
 
@@ -476,23 +296,23 @@ class Fleet:
         commit) and its answers go onto the queues. With
         ``crash_before_commit``, whatever ``receive`` queued is sent, then
         the receiver crashes before settling."""
-        with self._acting():
-            if link not in self.links:
-                return f"{link} is closed"
-            queue = link.queue(up)
-            if not queue:
-                return f"{link} {'up' if up else 'down'}: nothing in flight"
-            frame = queue.popleft()
-            _, _, receiver, _ = link.ends(up)
-            self._receive(link, up, frame)
-            story = f"{link} {'up' if up else 'down'}: {describe(frame)}"
-            if crash_before_commit:
-                self._pump()
-                return f"{story}, then {receiver} crashes before its commit: " + self.crash(receiver.name)
-            self._settle(receiver)
+        self._check_open()
+        if link not in self.links:
+            return f"{link} is closed"
+        queue = link.queue(up)
+        if not queue:
+            return f"{link} {'up' if up else 'down'}: nothing in flight"
+        frame = queue.popleft()
+        _, _, receiver, _ = link.ends(up)
+        self._receive(link, up, frame)
+        story = f"{link} {'up' if up else 'down'}: {describe(frame)}"
+        if crash_before_commit:
             self._pump()
-            self._reap()
-            return story
+            return f"{story}, then {receiver} crashes before its commit: " + self.crash(receiver.name)
+        self._settle(receiver)
+        self._pump()
+        self._reap()
+        return story
 
     def drop(self, link: Link, up: bool) -> str:
         """Lose the next frame of one direction."""
@@ -537,10 +357,12 @@ class Fleet:
                 story.append(f"{link} stalls and is closed")
                 break
             up = bool(link.up)
-            if plan is None or not _is_deltas(link.queue(up)[0]):
+            if plan is None or not is_deltas(link.queue(up)[0]):
                 self.deliver(link, up)
                 continue
             action = faults.get(number)
+            if plan.commit_fault_at == number:
+                story.append(self.storage_fault(link.ends(up)[0].name, settle=True))
             if plan.crash_at == number:
                 receiver = link.ends(up)[2].name
                 if plan.before_commit:
@@ -572,81 +394,156 @@ class Fleet:
 
     def _receive(self, link: Link, up: bool, frame: bytes) -> None:
         sender, _, receiver, session = link.ends(up)
-        if receiver.role == "relay" and session.state == "idle":  # it answers from its log as it is now
-            start = self._starts.get(link.number)
-            if start is not None:
+        if receiver.role == "relay" and session.state is SessionState.IDLE:  # it answers from its log as it is now
+            track = self.ledger.relay_runs.get(link.initiator.name)
+            if track is not None and track.link == link.number:
                 replica = receiver.replica
-                start.relay = {name: replica.version_vector(name) for name in replica.documents()}
+                track.start.relay = {name: replica.version_vector(name) for name in replica.documents()}
         if sender.role == "relay" and receiver.role == "device":
             self._note_relay_said(receiver.name, frame)
-        session.receive(frame, self.now)
+        before = session.state, session.authenticated
+        now = self.clock(receiver)
+        session.receive(frame, now)
+        self._check_verdict(link, receiver, session, frame, before, now)
         self.now += TICK
 
     def _note_relay_said(self, device: str, frame: bytes) -> None:
         decoded = wire.decode(frame)
-        said = self.relay_said[device]
+        said = self.ledger.relay_said[device]
         if isinstance(decoded, wire.Welcome):
             for name, vv in decoded.documents.items():
                 merge(said.setdefault(name, {}), vv)
         elif isinstance(decoded, wire.Ack):
             merge(said.setdefault(decoded.document, {}), decoded.vv)
         elif isinstance(decoded, wire.Deltas):
-            merge(said.setdefault(decoded.document, {}), _vv_of_deltas(decoded))
+            merge(said.setdefault(decoded.document, {}), of_deltas(decoded.deltas))
+
+    # -- what the handshakes may decide --------------------------------------
+
+    def _check_verdict(
+        self,
+        link: Link,
+        node: Node,
+        session: Session,
+        frame: bytes,
+        before: tuple[SessionState, bool],
+        now: float,
+    ) -> None:
+        """Hold a handshake step of ``session`` (at ``node``'s clock ``now``)
+        to what the credentials, revocations and clocks allow."""
+        state, authenticated = before
+        if session is link.far and state is SessionState.IDLE:
+            why = link.hello_why = self._why_refuse(link, node, now)  # the acceptor judges the hello now
+        elif session is link.far and state is SessionState.PROVING:
+            why = link.hello_why  # the proof only completes what the hello presented
+        elif session is link.near and state is SessionState.HANDSHAKE:
+            why = self._why_refuse(link, node, now)
+        else:
+            return
+        admitted = session.authenticated and not authenticated
+        refused = session.closed and session.error is not None and session.error.code in credentials.CODES
+        if refused and isinstance(wire.decode(frame), wire.Error):
+            return  # the other side's refusal, judged there
+        if not admitted and not refused:
+            return
+        if admitted and why:
+            self.ledger.violations.append(f"{node} admitted the other side of {link} although {why}")
+        elif refused and not why:
+            assert session.error is not None
+            self.ledger.violations.append(
+                f"{node} refused the other side of {link} ({session.error.code}: {session.error.message}), "
+                "although every credential was valid by its clock"
+            )
+
+    def _why_refuse(self, link: Link, node: Node, now: float) -> str:
+        """Why ``node``, at its clock ``now``, must refuse the other side of
+        ``link`` ("" if it must not)."""
+        device = link.initiator.name
+        if link.relay_facing:
+            if node.role != "relay":
+                return ""  # the device checks the relay's key, which is the one it pinned
+            if device in self.revoked:
+                return f"{device}'s credential is revoked"
+            return f"{device}'s credential has expired by the relay's clock" if now >= self.expires[device] else ""
+        for name in (link.initiator.name, link.acceptor.name):
+            replica = self.replica(name)
+            if pinned_relay_key(replica) is None:
+                return f"{name} has not synced with the relay yet: it has no relay key to check with"
+            presented = link.hello_bound if node is link.acceptor and name == link.initiator.name else None
+            bound = replica.setting(BOUND_CREDENTIAL) is not None if presented is None else presented
+            if not bound:
+                return f"{name} had no credential bound to its key yet (it must sync with the relay once)"
+            if now >= self.expires[name]:
+                return f"{name}'s credential has expired by {node}'s clock"
+        return ""
+
+    # -- moving frames and settling ------------------------------------------
 
     def _pump(self) -> None:
         """Move what every session wants to send onto its queue."""
         for link in self.links:
             for up in (True, False):
                 sender, session, _, _ = link.ends(up)
-                for frame in session.data_to_send(self.now):
+                for frame in session.data_to_send(self.clock(sender)):
                     link.queue(up).append(frame)
-                    if frame[1 : 1 + len(_ACK_PREFIX)] == _ACK_PREFIX:  # {"t": "ack", ...}: decode only those
-                        decoded = wire.decode(frame)
-                        if isinstance(decoded, wire.Ack):
-                            merge(self.acked[sender.name].setdefault(decoded.document, {}), decoded.vv)
+                    self._note_sent(sender, frame)
+
+    def _note_sent(self, sender: Node, frame: bytes) -> None:
+        if frame[1 : 1 + len(ACK_PREFIX)] == ACK_PREFIX:  # {"t": "ack", ...}: decode only those and deltas
+            decoded = wire.decode(frame)
+            if isinstance(decoded, wire.Ack):
+                merge(self.ledger.acked[sender.name].setdefault(decoded.document, {}), decoded.vv)
+        elif is_deltas(frame):
+            decoded = wire.decode(frame)
+            if isinstance(decoded, wire.Deltas):
+                merge(self.ledger.sent[sender.name].setdefault(decoded.document, {}), of_deltas(decoded.deltas))
 
     def _settle(self, node: Node, sessions: list[Session] | None = None, link: Link | None = None) -> None:
-        """Settle ``node``'s sessions (all of its links by default) in one commit."""
+        """Settle ``node``'s sessions (all of its links by default) in one
+        commit, and report every event through the status rules."""
         if sessions is None:
             pairs = [(s, lk) for lk in self.links if (s := lk.session_of(node)) is not None]
         else:
             assert link is not None
             pairs = [(s, link) for s in sessions]
         links = {id(s): lk for s, lk in pairs}
-        for session, event in _sync.settle(node.replica, [s for s, _ in pairs]):
-            self._on_event(node, links[id(session)], session, event)
+        if node.settle_fault:
+            fail_next_commit(node.replica)
+        settled = _sync.settle(node.replica, [s for s, _ in pairs])
+        if node.settle_fault:  # spent if settle committed; else it waits for the next settle that does
+            node.settle_fault = commit_fault_pending(node.replica)
+            fail_next_commit(node.replica, False)
+        for session, event in settled:
+            self._report(node, links[id(session)], session, event)
+        for _, lk in pairs:
+            self._look(lk)
 
-    def _on_event(self, node: Node, link: Link, session: Session, event: Event) -> None:
-        """The edge's part: statuses, and closing a completed once-run."""
+    def _report(self, node: Node, link: Link, session: Session, event: Event) -> None:
+        """The edge's part: the status rules, and closing a completed once-run."""
         if node.role != "device":
-            return
-        if session is link.far and not session.opened:
-            return  # a peer that never proved who it is: record nothing under its claimed id
-        replica = node.replica
-        progress = Progress(session.sent, session.to_send, session.received, session.to_receive)
-        if isinstance(event, Completed):
-            if session is link.near and link.mode == "once":
+            return  # a relay reports nothing
+        now = self.clock(node)
+        if session is link.near:
+            link.near_run, records = runs.step(link.near_run, event, session, now)
+            if runs.ends_link(event, session.mode):
                 link.closing = True
-            if link.relay_facing:
-                start = self._starts.get(link.number)
-                assert start is not None
-                self.synced_runs[node.name] = start
-                replica._set_run(SyncState.SYNCED, progress=progress, synced_at=self.now)
-            else:
-                self._peer_result(replica, session, error=None)
-        elif isinstance(event, Closed) and (not session.completed or link.mode == "live"):
-            error = event.error or ErrorInfo("connection_lost", "the connection closed before the end", True)
-            if link.relay_facing:
-                self.synced_runs.pop(node.name, None)
-                replica._set_run(SyncState.FAILED, progress=progress, error=error)
-            elif session.remote_id is not None:
-                self._peer_result(replica, session, error=error)
+        else:
+            link.far_run, records = runs.step(link.far_run, event, session, now)
+        node.replica.record(records)
 
-    def _peer_result(self, replica: Replica, session: Session, *, error: ErrorInfo | None) -> None:
-        assert session.remote_id is not None
-        missing = max(0, session.to_receive - session.received)
-        synced_at = self.now if error is None else None
-        replica._set_peer(session.remote_id, synced_at=synced_at, error=error, to_receive=missing)
+    def _look(self, link: Link, *, closed: bool = False) -> None:
+        """Note what the device's session of a relay-facing link shows now."""
+        track = self.ledger.relay_runs.get(link.initiator.name)
+        if track is None or track.link != link.number or track.closed:
+            return
+        session = link.near
+        track.sent, track.received = session.sent, session.received
+        if session.completed and track.completed_at is None:
+            track.completed_at = self.clock(link.initiator)
+            self.ledger.completions.setdefault(link.initiator.name, []).append(track.completed_at)
+        if closed or session.closed:
+            track.closed = True
+            track.error = session.error
 
     def _reap(self) -> None:
         """Close the transports whose session ended once their last frames are out."""
@@ -656,112 +553,87 @@ class Fleet:
             elif (link.near.closed and not link.up) or (link.far.closed and not link.down):
                 self.close_link(link, "the other side closed the connection")
 
-    # -- crashes and credentials ---------------------------------------------
+    # -- crashes, storage faults, clocks and credentials ---------------------
 
     def crash(self, name: str, *, survivors: int = 0) -> str:
         """Kill replica ``name`` and restart it from what it committed.
         Up to ``survivors`` frames it had already sent on each link still
         arrive; then the other ends see the connection drop."""
-        with self._acting():
-            node = self.nodes[name]
-            before = self.committed_state(node)
-            story = []
-            for link in [lk for lk in self.links if lk.session_of(node) is not None]:
-                self.links.remove(link)
-                up = node is link.initiator
-                queue = link.queue(up)
-                _, _, other, other_session = link.ends(up)
-                arrived = 0
-                while queue and arrived < survivors and not other_session.closed:
-                    self._receive(link, up, queue.popleft())
-                    self._settle(other, [other_session], link)
-                    other_session.data_to_send(self.now)  # towards the dead replica: lost
-                    arrived += 1
-                other_session.connection_lost(f"{name} stopped answering")
+        self._check_open()
+        node = self.nodes[name]
+        before = self.committed_state(node)
+        story = []
+        for link in [lk for lk in self.links if lk.session_of(node) is not None]:
+            self.links.remove(link)
+            up = node is link.initiator
+            queue = link.queue(up)
+            _, _, other, other_session = link.ends(up)
+            arrived = 0
+            while queue and arrived < survivors and not other_session.closed:
+                self._receive(link, up, queue.popleft())
                 self._settle(other, [other_session], link)
-                story.append(f"{link} broken" + (f" after {arrived} more frames arrived" if arrived else ""))
-            self._unsubscribe.pop(name)()
-            node.replica = self.backend.reopen(node.replica)
-            node.crashes += 1
-            self.synced_runs.pop(name, None)
-            self._watch(node)
-            after = self.committed_state(node)
-            if after != before:
-                raise AssertionError(f"{name} lost committed data in a crash:\nbefore {before}\nafter  {after}")
-            self._pump()
-            self._reap()
-            return f"{name} crashed and reopened" + (f" ({'; '.join(story)})" if story else "")
+                other_session.data_to_send(self.clock(other))  # towards the dead replica: lost
+                arrived += 1
+            other_session.connection_lost(f"{name} stopped answering")
+            self._settle(other, [other_session], link)
+            self._look(link, closed=True)
+            story.append(f"{link} broken" + (f" after {arrived} more frames arrived" if arrived else ""))
+        for unsubscribe in self._unsubscribe.pop(name):
+            unsubscribe()
+        node.replica = self.backend.reopen(node.replica, self.client_ids)
+        node.crashes += 1
+        self.ledger.relay_runs.pop(name, None)  # the home screen starts IDLE again
+        self._watch(node)
+        after = self.committed_state(node)
+        if after != before:
+            raise AssertionError(f"{name} lost committed data in a crash:\nbefore {before}\nafter  {after}")
+        self._pump()
+        self._reap()
+        return f"{name} crashed and reopened" + (f" ({'; '.join(story)})" if story else "")
 
     def committed_state(self, node: Node) -> dict[str, Any]:
         """Everything a restart must find again: per document its version
         vector, its contents (canonical) and the relay's watermark."""
-        from replica.testing.checks import canonical
-
         replica = node.replica
-        with self._acting():
-            return {
-                name: (replica.version_vector(name), canonical(replica.doc(name)), replica.watermark("relay", name))
-                for name in replica.documents()
-            }
+        return {
+            name: (replica.version_vector(name), canonical(replica.doc(name)), replica.watermark(RELAY, name))
+            for name in replica.documents()
+        }
 
-    def revoke(self, device: str, *, expired: bool = False) -> None:
-        """The relay stops accepting ``device``'s credential (revoked), or it
-        runs out (expired: peers see that too)."""
-        self.credentials[device] = EXPIRED if expired else REVOKED
+    def storage_fault(self, name: str, *, settle: bool = False) -> str:
+        """The next commit of replica ``name`` fails (a full or broken disk);
+        with ``settle``, the next commit of what its sessions received."""
+        if settle:
+            self.nodes[name].settle_fault = True
+            return f"{name}'s next commit of what it received will fail"
+        fail_next_commit(self.replica(name))
+        return f"{name}'s next commit will fail"
+
+    def set_skew(self, name: str, skew: float) -> str:
+        """Set how far ahead of the fleet's time node ``name``'s clock is."""
+        self.nodes[name].skew = skew
+        return f"{name}'s clock is {skew:+.0f} s off"
+
+    def revoke(self, device: str) -> None:
+        """The relay stops accepting ``device``'s credential (peers, offline, cannot know)."""
+        self.revoked.add(device)
 
     def renew(self, device: str) -> None:
-        """The operator issues ``device`` a fresh credential."""
-        self.credentials[device] = VALID
-
-    def _relay_authorize(self, hello: wire.Hello, now: float) -> Grant:
-        if hello.role != "device":
-            raise ReplicaError(f"a relay serves devices, not a {hello.role}", code="unexpected_role")
-        state = self.credentials.get(hello.replica_id)
-        if state is None:
-            raise CredentialError("no credential for this replica", code="credential_missing")
-        if state == EXPIRED:
-            raise CredentialError("the credential has expired; ask for a new one", code="credential_expired")
-        if state == REVOKED:
-            raise ReplicaError("the credential was revoked", code="credential_revoked")
-        return Grant(hello.replica_id, self.allows)
-
-    def _check_peer_credential(self, token: str | None, replica_id: str) -> None:
-        if token != f"sim:{replica_id}" or replica_id not in self.credentials:
-            raise CredentialError("the other device presented no valid credential", code="credential_invalid")
-        if self.credentials[replica_id] == EXPIRED:  # revocation cannot be seen offline
-            raise CredentialError(f"the credential of {replica_id} has expired", code="credential_expired")
-
-    def _peer_authorizer(self, acceptor: str) -> Callable[[wire.Hello, float], Grant]:
-        def authorize(hello: wire.Hello, now: float) -> Grant:
-            if hello.role != "device":
-                raise ReplicaError(f"a device accepts devices, not a {hello.role}", code="unexpected_role")
-            self._check_peer_credential(hello.credential, hello.replica_id)
-            self._check_peer_credential(f"sim:{acceptor}", acceptor)
-            expected = b"proof:" + hello.replica_id.encode()
-
-            def verify(proof: bytes) -> None:
-                if proof != expected:
-                    raise CredentialError("the other device did not prove who it is", code="proof_invalid")
-
-            return Grant(
-                hello.replica_id,
-                self.allows,
-                credential=f"sim:{acceptor}",
-                challenge=b"challenge",
-                proof=b"proof:" + acceptor.encode(),
-                verify_proof=verify,
-            )
-
-        return authorize
+        """The operator takes the revocation of ``device`` back."""
+        self.revoked.discard(device)
 
     # -- the end -------------------------------------------------------------
 
     def heal(self, *, rounds: int = 4) -> None:
-        """The network comes back and the operator renews every credential:
-        close every link, then run fault-free syncs of every device with the
-        relay, round after round, until a round changes nothing."""
-        for name in self.credentials:
-            self.credentials[name] = VALID
+        """The network comes back, every disk and clock is fixed and the
+        operator takes every revocation back: close every link, then run
+        fault-free syncs of every device with the relay, round after round,
+        until a round changes nothing."""
+        self.revoked.clear()
+        for node in self.nodes.values():
+            node.skew = 0.0
+            node.settle_fault = False
+            fail_next_commit(node.replica, False)
         for link in list(self.links):
             self.close_link(link, "the network was reset")
         for _ in range(rounds):
@@ -784,7 +656,6 @@ class Fleet:
             return
         self.closed = True
         with ExitStack() as stack:
-            stack.callback(self.client_ids.uninstall)
             stack.callback(self.backend.close)
             for node in self.nodes.values():
                 stack.callback(node.replica.close)

@@ -289,26 +289,33 @@ class RunPlan:
     first), with ``faults`` on drawn batches of deltas (0 is the first batch
     of the run, in either direction) and perhaps the receiver of batch
     ``crash_at`` crashing (``before_commit``: right after reading it;
-    otherwise after storing it). Faults on other frames are
+    otherwise after storing it), and perhaps the sender of batch
+    ``commit_fault_at`` failing its next commit of what it receives (the
+    acknowledgement of that batch, most often). Faults on other frames are
     :func:`fault_steps`' business."""
 
     faults: tuple[tuple[int, Action], ...] = ()
     crash_at: int | None = None
     before_commit: bool = True
+    commit_fault_at: int | None = None
 
 
-def run_plans(*, faults: bool = True, crashes: bool = True, horizon: int = 8) -> st.SearchStrategy[RunPlan]:
+def run_plans(
+    *, faults: bool = True, crashes: bool = True, storage_faults: bool = True, horizon: int = 8
+) -> st.SearchStrategy[RunPlan]:
     """Conversations to run to their end; shrinks to a clean run."""
     frame = st.integers(0, 1) | st.integers(0, horizon)
     # Losses and reorderings twice as often as duplicates and breaks: they make gaps.
     fault = st.sampled_from([Action.DROP, Action.DELAY, Action.DROP, Action.DELAY, Action.DUPLICATE, Action.BREAK])
     planned = st.dictionaries(frame, fault, max_size=3) if faults else st.just({})
     crash = st.none() | frame if crashes else st.none()
+    commit_fault = st.none() | frame if storage_faults else st.none()
     return st.builds(
         RunPlan,
         planned.map(lambda found: tuple(sorted(found.items(), key=lambda item: item[0]))),
         crash,
         st.booleans(),
+        commit_fault,
     )
 
 

@@ -1,0 +1,596 @@
+"""The engine: one data directory's documents over a durable delta log.
+
+An :class:`Engine` wires the parts below the network together: the log
+(``replica.log``) over a store, the documents (``replica.doc``), and what the
+sync runs recorded (``replica.runs`` records, shown by ``replica.status``).
+It owns two decisions: when a local transaction becomes a durable delta, and
+whether a foreign delta may be applied. It has no event loop and no socket:
+the sessions read it through ``replica.session.LogView``, the edges
+(``replica.net``, ``replica.peer``, ``replica.testing``) store what sessions
+report through :func:`replica.sync.settle` and :meth:`Engine.record`, and the
+app-facing :class:`~replica.replica.Replica` adds syncing on top.
+
+Durability: each local transaction's delta is committed (and fsynced) before
+the call that made it returns, unless inside ``with replica.batch():``, which
+commits every delta made inside in one transaction on exit.
+
+Consistency between documents and log: a document's state is always the replay
+of its log. Whenever a write transaction fails, every loaded document is
+rebuilt from what is on disk, so that memory never runs ahead of the log.
+
+An engine is not thread-safe: use it from one thread (or one asyncio loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+from replica import delta as deltas
+from replica import errors, runs
+from replica.delta import Delta
+from replica.doc import ClientIdSource, Document
+from replica.events import IngestResult
+from replica.log import DeltaLog, Rejection
+from replica.names import RELAY, check_document_name, check_replica_id, new_replica_id
+from replica.status import PeerStatus, Rejected, SyncStatus
+from replica.store import Store, StoreFailure, Txn
+from replica.store.memory import MemoryStore
+from replica.vv import VersionVector
+
+log = logging.getLogger("replica.engine")
+
+_T = TypeVar("_T")
+
+FORMAT = "1"
+
+
+class Engine:
+    """Named CRDT documents of one replica over an append-only delta log.
+
+    Open with :meth:`open` (a data directory, LMDB) or :meth:`in_memory`.
+    ``client_ids``: where the documents' Yjs client ids come from (a
+    deterministic source for tests; random by default).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        replica_id: str | None = None,
+        max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
+        client_ids: ClientIdSource | None = None,
+    ) -> None:
+        """Use :meth:`open` or :meth:`in_memory` rather than this."""
+        self._log = DeltaLog(store)
+        self.path: Path | None = None  #: the data directory (None in memory)
+        self._documents: dict[str, Document] = {}
+        self._closed = False
+        self.max_delta_bytes = max_delta_bytes
+        self._touched: set[str] = set()
+        self._status_dirty = False
+        self._change_listeners: list[Callable[[str], None]] = []
+        self._status_listeners: list[Callable[[SyncStatus], None]] = []
+        self._client_ids = client_ids
+        self._relay_run = runs.IDLE
+        self._missing_memo: dict[tuple[str, tuple[tuple[str, int], ...]], list[Delta]] | None = None
+        try:
+            with self._log.write() as txn:
+                self.id = self._init_meta(txn, replica_id)
+        except BaseException:
+            store.close()
+            raise
+
+    def _init_meta(self, txn: Txn, requested: str | None) -> str:
+        if requested is not None:
+            check_replica_id(requested)
+        stored = self._log.get_meta(txn, "replica_id")
+        if stored is None:
+            self._log.set_meta(txn, "format", FORMAT)
+            self._log.set_meta(txn, "replica_id", requested or new_replica_id())
+            stored = self._log.get_meta(txn, "replica_id")
+            assert stored is not None
+            return stored
+        found_format = self._log.get_meta(txn, "format")
+        if found_format != FORMAT:
+            raise errors.DataDirError(f"data format {found_format!r} is not supported (this version reads {FORMAT!r})")
+        if requested is not None and requested != stored:
+            raise errors.ReplicaIdMismatch(
+                f"this data directory belongs to replica {stored!r}, not {requested!r}; "
+                "open it without a replica id or use another directory"
+            )
+        return stored
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        replica_id: str | None = None,
+        map_size: int | None = None,
+        max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
+    ) -> Self:
+        """Open (or create) the replica whose data directory is ``path``.
+
+        ``replica_id`` is used when the directory is created (a random one
+        otherwise); reopening with another id is :class:`~replica.errors.ReplicaIdMismatch`.
+        A directory already open elsewhere is :class:`~replica.errors.ReplicaLocked`.
+        ``map_size``: bytes of address space for LMDB; ``max_delta_bytes``:
+        the largest foreign delta accepted.
+        """
+        from replica.store.lmdb import DEFAULT_MAP_SIZE, LmdbStore
+
+        store = LmdbStore(path, map_size=DEFAULT_MAP_SIZE if map_size is None else map_size)
+        engine = cls(store, replica_id=replica_id, max_delta_bytes=max_delta_bytes)
+        engine.path = Path(path)
+        return engine
+
+    @classmethod
+    def in_memory(
+        cls,
+        *,
+        replica_id: str | None = None,
+        max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
+        client_ids: ClientIdSource | None = None,
+    ) -> Self:
+        """A replica that keeps everything in memory (tests, scratch work)."""
+        return cls(MemoryStore(), replica_id=replica_id, max_delta_bytes=max_delta_bytes, client_ids=client_ids)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the data directory. Committed deltas are already on disk."""
+        if self._closed:
+            return
+        if self._log.store.in_write:
+            raise RuntimeError("close() inside replica.batch()")
+        self._closed = True
+        for document in self._documents.values():
+            document.close()
+        self._documents.clear()
+        self._status_listeners.clear()
+        self._change_listeners.clear()
+        self._log.store.close()
+
+    @property
+    def store(self) -> Store:
+        """The key-value store under the log."""
+        return self._log.store
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id!r}{' closed' if self._closed else ''}>"
+
+    # -- documents -----------------------------------------------------------
+
+    def doc(self, name: str) -> Document:
+        """The document ``name`` (created on first write), loaded from the log."""
+        found = self._documents.get(name)
+        if found is None:
+            self._check_open()
+            check_document_name(name)
+            found = Document(name, self._commit_local, client_ids=self._client_ids)
+            with self._log.read() as txn:
+                found.rebuild(self._log.payloads(txn, name))
+            self._documents[name] = found
+        return found
+
+    def documents(self) -> list[str]:
+        """Names of the documents that hold at least one delta."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.documents(txn)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit every delta made inside in one transaction (one fsync).
+
+        If the block raises, the deltas it made are still committed (the
+        documents hold them already) before the error propagates; none of them
+        is durable before the block ends.
+        """
+        failure: BaseException | None = None
+        with self._writing():
+            try:
+                yield
+            except errors.StorageError:
+                raise  # the transaction is unusable: abort it and reload
+            except BaseException as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+
+    # -- status ----------------------------------------------------------------
+
+    def status(self) -> SyncStatus:
+        """A snapshot of the sync status toward the relay. ``unsynced`` and
+        ``rejected`` are derived from the log and the relay's durable
+        watermark and refusals each time."""
+        self._check_open()
+        with self._log.read() as txn:
+            unsynced, rejected = self._log.sync_counts(txn, RELAY)
+            refusals = self._log.rejections(txn, RELAY)
+            last = self._log.get_meta(txn, "last_synced_at")
+            rejections = tuple(
+                Rejected(r.document, r.origin, self._refused_count(txn, r), r.code, r.message) for r in refusals
+            )
+        run = self._relay_run
+        return SyncStatus(
+            state=run.state,
+            unsynced=unsynced,
+            rejected=rejected,
+            progress=run.progress,
+            last_synced_at=run.synced_at if run.synced_at is not None else None if last is None else float(last),
+            error=run.error,
+            rejections=rejections,
+        )
+
+    def _refused_count(self, txn: Txn, refusal: Rejection) -> int:
+        held = self._log.version_vector(txn, refusal.document)
+        mark = self._log.watermark(txn, RELAY, refusal.document)
+        if refusal.origin is None:
+            return sum(max(0, seq - mark.get(origin, 0)) for origin, seq in held.items())
+        top = held.get(refusal.origin, 0)
+        return max(0, top - max(mark.get(refusal.origin, 0), refusal.seq - 1))
+
+    def subscribe(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
+        """Call ``callback`` with a new :class:`SyncStatus` on every change
+        (sync state, progress, new deltas, acknowledgements). Returns a
+        function that unsubscribes."""
+        return _listen(self._status_listeners, callback)
+
+    def _publish(self) -> None:
+        if not self._status_listeners or self._closed:
+            return
+        snapshot = self.status()
+        for callback in list(self._status_listeners):
+            try:
+                callback(snapshot)
+            except Exception:
+                log.exception("a status subscriber failed; it stays subscribed")
+
+    def record(self, records: Iterable[runs.Record]) -> None:
+        """Store what the status rules (``replica.runs``) decided: the home
+        screen's run, or the end of a run with a peer. Published to
+        subscribers at once.
+
+        The deltas a run moved are stored already (``replica.sync.settle``);
+        if saving a record fails, the failure is logged (the home screen's
+        run is still shown from memory, its time of completion included), so
+        that a storage fault never turns a finished run into a crash of the
+        edge reporting it."""
+        for record in records:
+            try:
+                if isinstance(record, runs.RelayStatus):
+                    self._record_relay_run(record.run)
+                else:
+                    self._record_peer(record)
+            except errors.StorageError as exc:
+                log.warning("could not save the sync status (%s); it is kept until the replica closes", exc)
+
+    def _record_relay_run(self, run: runs.Run) -> None:
+        completed = run.synced_at is not None and run.synced_at != self._relay_run.synced_at
+        self._relay_run = run
+        try:
+            if completed:
+                with self._writing() as txn:
+                    self._log.set_meta(txn, "last_synced_at", repr(run.synced_at))
+        finally:
+            self._publish()
+
+    def _record_peer(self, record: runs.PeerResult) -> None:
+        with self._writing() as txn:
+            old = self._log.peer_record(txn, record.peer)
+            synced_at = old["synced_at"] if old is not None and record.synced_at is None else record.synced_at
+            error = record.error
+            self._log.set_peer_record(
+                txn,
+                record.peer,
+                {
+                    "synced_at": synced_at,
+                    "error": None if error is None else [error.code, error.message, error.retryable],
+                    "to_receive": record.to_receive,
+                },
+            )
+            self._status_dirty = True
+
+    def on_change(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(document)`` after each commit that added deltas to
+        ``document`` (local or ingested). Returns a function that unsubscribes."""
+        return _listen(self._change_listeners, callback)
+
+    def _notify_changes(self) -> None:
+        touched, self._touched = self._touched, set()
+        self._status_dirty = False
+        for document in sorted(touched):
+            for callback in list(self._change_listeners):
+                callback(document)
+        self._publish()
+
+    # -- writes --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ReplicaError("this replica is closed; open it again", code="replica_closed")
+
+    @contextmanager
+    def _writing(self) -> Iterator[Txn]:
+        """A write transaction. If it fails, loaded documents are rebuilt
+        from disk so that they never hold what the log does not."""
+        self._check_open()
+        outermost = not self._log.store.in_write
+        try:
+            with self._log.write() as txn:
+                yield txn
+        except BaseException as exc:
+            if outermost:
+                self._touched.clear()
+                self._status_dirty = False
+                self._reload()
+            if isinstance(exc, StoreFailure):
+                raise _storage_error(exc) from exc
+            raise
+        finally:
+            if self._missing_memo:  # a write inside same_log(): what was read may be stale
+                self._missing_memo.clear()
+        if outermost and (self._touched or self._status_dirty):
+            self._notify_changes()
+
+    def _reload(self) -> None:
+        with self._log.read() as txn:
+            for name, document in self._documents.items():
+                document.rebuild(self._log.payloads(txn, name))
+
+    def _commit_local(self, document: Document, update: bytes) -> None:
+        txn = self._log.store.current_write
+        if txn is None:
+            with self._writing() as txn:
+                self._append_local(txn, document, update)
+        else:  # inside batch(): the hot path of bulk work
+            try:
+                self._append_local(txn, document, update)
+            except StoreFailure as exc:
+                raise _storage_error(exc) from exc
+
+    def _append_local(self, txn: Txn, document: Document, update: bytes) -> None:
+        self._log.append_next(txn, document.name, self.id, update)
+        self._touched.add(document.name)
+
+    # -- what sessions read (``replica.session.LogView``) ---------------------
+
+    def version_vector(self, document: str) -> VersionVector:
+        """``{origin: highest seq held}`` for ``document``."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.version_vector(txn, document)
+
+    def tips(self, document: str) -> dict[str, bytes]:
+        """``{origin: checksum of its last delta held}`` for ``document``:
+        compared at each handshake to find two devices sharing a replica id."""
+        self._check_open()
+        with self._log.read() as txn:
+            return {
+                origin: check
+                for origin, seq in self._log.version_vector(txn, document).items()
+                if (check := self._log.checksum_of(txn, document, origin, seq)) is not None
+            }
+
+    def checksum_of(self, document: str, origin: str, seq: int) -> bytes | None:
+        """The checksum of a held delta, or None."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.checksum_of(txn, document, origin, seq)
+
+    def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]:
+        """The deltas of ``document`` that a replica holding version vector
+        ``remote`` lacks, in an order it can apply them."""
+        self._check_open()
+        if self._missing_memo is not None:
+            key = (document, tuple(sorted(remote.items())))
+            if key not in self._missing_memo:
+                with self._log.read() as txn:
+                    self._missing_memo[key] = self._log.missing(txn, document, remote)
+            return list(self._missing_memo[key])
+        with self._log.read() as txn:
+            return self._log.missing(txn, document, remote)
+
+    @contextmanager
+    def same_log(self) -> Iterator[None]:
+        """A block in which nothing commits, so that :meth:`missing_deltas`
+        answers each ``(document, version vector)`` once: a relay fanning one
+        commit out to many live links at the same point reads the log once."""
+        outer = self._missing_memo
+        self._missing_memo = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._missing_memo = outer
+
+    def ingest(self, incoming: Iterable[Delta]) -> IngestResult:
+        """Store and apply deltas from another replica, in the order given.
+
+        Enforces the delivery rules: cheap checks before pycrdt sees the bytes,
+        per-origin seq order without gaps, duplicates skipped (but a different
+        delta under a held ``(origin, seq)`` is a replica id clash), pycrdt
+        failures caught and the document rebuilt. Stops at the first refused
+        delta; those before it are stored (in one commit). Consecutive deltas
+        of one document are applied in one pycrdt transaction (twice as fast
+        as one each).
+        """
+        applied = duplicates = 0
+        rejected = None
+        run: list[Delta] = []  # checked deltas of one document, not applied yet
+        queued: dict[str, int] = {}  # the last seq of each origin in ``run``
+        known: set[tuple[str, str]] = set()  # (document, origin) names already checked
+        with self._writing() as txn:
+            for item in incoming:
+                if run and item.document != run[0].document:
+                    stored, rejected = self._apply_run(txn, run)
+                    applied += stored
+                    run, queued = [], {}
+                    if rejected is not None:
+                        break
+                try:
+                    new = self._check_incoming(txn, item, run, queued.get(item.origin, 0), known)
+                except errors.DeltaRejected as exc:
+                    rejected = exc
+                    break
+                if new:
+                    run.append(item)
+                    queued[item.origin] = item.seq
+                else:
+                    duplicates += 1
+            if run:
+                stored, failed = self._apply_run(txn, run)
+                applied += stored
+                rejected = failed or rejected  # a failed apply comes before a refused check
+        if rejected is not None:
+            log.warning("%s", rejected)
+        return IngestResult(applied, duplicates, rejected)
+
+    def _check_incoming(
+        self, txn: Txn, item: Delta, run: list[Delta], queued: int, known: set[tuple[str, str]]
+    ) -> bool:
+        """Check one foreign delta; True if it is new, False if already held."""
+        deltas.precheck(item, max_bytes=self.max_delta_bytes)
+
+        def reject(reason: str, message: str) -> errors.DeltaRejected:
+            return errors.DeltaRejected(reason, message, document=item.document, origin=item.origin, seq=item.seq)
+
+        if (item.document, item.origin) not in known:
+            try:
+                check_document_name(item.document)
+                check_replica_id(item.origin)
+            except ValueError as exc:
+                raise reject(errors.REJECT_INVALID, str(exc)) from exc
+            known.add((item.document, item.origin))
+        stored = self._log.held_seq(txn, item.document, item.origin)
+        held = max(stored, queued)
+        if item.seq <= held:
+            if item.seq <= stored:
+                check = self._log.checksum_of(txn, item.document, item.origin, item.seq)
+            else:
+                check = next(d.checksum for d in run if d.origin == item.origin and d.seq == item.seq)
+            if check != item.checksum:
+                raise reject(
+                    errors.REJECT_CLASH,
+                    "another delta with this origin and seq is already held; two devices are using the same replica id",
+                )
+            return False
+        if item.origin == self.id:
+            raise reject(errors.REJECT_CLASH, "this replica never made it; another device is using this replica's id")
+        if item.seq != held + 1:
+            raise reject(errors.REJECT_GAP, f"seqs {held + 1} to {item.seq - 1} of this origin must come first")
+        return True
+
+    def _apply_run(self, txn: Txn, run: list[Delta]) -> tuple[int, errors.DeltaRejected | None]:
+        """Apply checked deltas of one document and store those that applied."""
+        name = run[0].document
+        document = self.doc(name)
+        failure = document.apply_remote([item.data for item in run])
+        good = run if failure is None else run[: failure[0]]
+        for item in good:
+            self._log.append(txn, item)
+        if good:
+            self._touched.add(name)
+        if failure is None:
+            return len(good), None
+        document.rebuild(self._log.payloads(txn, name))  # a failed apply may have left partial state
+        bad = run[failure[0]]
+        return len(good), errors.DeltaRejected(
+            errors.REJECT_MALFORMED,
+            f"not a valid Yjs update ({failure[1]})",
+            document=name,
+            origin=bad.origin,
+            seq=bad.seq,
+        )
+
+    # -- peers ---------------------------------------------------------------
+
+    def peers(self) -> dict[str, PeerStatus]:
+        """Where syncing with each peer device stands (the relay-facing
+        status is :meth:`status`)."""
+        self._check_open()
+        out = {}
+        with self._log.read() as txn:
+            for peer, record in self._log.peer_records(txn):
+                documents = self._log.watermarked_documents(txn, peer)
+                error = None if record["error"] is None else errors.ErrorInfo(*record["error"])
+                out[peer] = PeerStatus(
+                    peer, self._log.not_covered(txn, peer, documents), record["to_receive"], record["synced_at"], error
+                )
+        return out
+
+    # -- settings kept with the data (for the sync machinery) ----------------
+
+    def setting(self, name: str) -> str | None:
+        """A value stored with this replica's data (credentials, pinned keys)."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.get_meta(txn, "setting." + name)
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Store a value with this replica's data, durably."""
+        with self._writing() as txn:
+            self._log.set_meta(txn, "setting." + name, value)
+
+    # -- what remotes hold and refuse (for the sync machinery) ---------------
+
+    def acknowledge(self, remote: str, document: str, vv: Mapping[str, int]) -> None:
+        """Record that ``remote`` durably holds ``vv`` of ``document``."""
+        with self._writing() as txn:
+            self._log.set_watermark(txn, remote, document, vv)
+            self._status_dirty = True
+
+    def watermark(self, remote: str, document: str) -> VersionVector:
+        """What ``remote`` has durably acknowledged of ``document``."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.watermark(txn, remote, document)
+
+    def record_rejection(self, remote: str, rejection: Rejection) -> None:
+        """Record a lasting refusal by ``remote`` (kept, counted, shown)."""
+        with self._writing() as txn:
+            self._log.set_rejection(txn, remote, rejection)
+            self._status_dirty = True
+
+    def clear_rejection(self, remote: str, document: str) -> None:
+        """``remote`` accepts ``document`` again: forget its refusal of it."""
+        with self._writing() as txn:
+            self._log.clear_rejection(txn, remote, document)
+            self._status_dirty = True
+
+    def rejections(self, remote: str = RELAY) -> list[Rejection]:
+        """Lasting refusals recorded for ``remote``."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.rejections(txn, remote)
+
+
+def _listen(listeners: list[Callable[[_T], None]], callback: Callable[[_T], None]) -> Callable[[], None]:
+    listeners.append(callback)
+
+    def unsubscribe() -> None:
+        if callback in listeners:
+            listeners.remove(callback)
+
+    return unsubscribe
+
+
+def _storage_error(exc: StoreFailure) -> errors.StorageError:
+    return errors.StorageError(f"could not save to the data directory ({exc}); the last changes were not kept")
