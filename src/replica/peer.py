@@ -17,11 +17,12 @@ count of deltas not yet on the relay.
 from __future__ import annotations
 
 import time
+import weakref
 from types import TracebackType
 
 from replica import runs
 from replica.engine import Engine
-from replica.events import Closed, Event
+from replica.events import Event
 from replica.net import Listener
 from replica.session import Limits, Session
 from replica.trust import DeviceTrust
@@ -34,20 +35,17 @@ class PeerServer:
         self.replica = replica
         self.limits = limits or Limits()
         self._listener = Listener(replica, self._session, self._on_event)
-        self._runs: dict[int, runs.Run] = {}  # per session: the status rules' view of its run
+        #: Per session, the status rules' view of its run (gone with the session).
+        self._runs: weakref.WeakKeyDictionary[Session, runs.Run] = weakref.WeakKeyDictionary()
 
     def _session(self) -> Session:
         trust = DeviceTrust(self.replica)  # fresh: it may have synced with the relay since
         return Session(self.replica, role="peer", initiator=False, authorize=trust.authorize, limits=self.limits)
 
     def _on_event(self, session: Session, event: Event) -> None:
-        run = self._runs.get(id(session)) or runs.start(runs.Facing.PEER)[0]
-        run, records = runs.step(run, event, session, time.time())
+        run = self._runs.get(session) or runs.start(runs.Facing.PEER)[0]
+        self._runs[session], records = runs.step(run, event, session, time.time())
         self.replica.record(records)
-        if isinstance(event, Closed):
-            self._runs.pop(id(session), None)
-        else:
-            self._runs[id(session)] = run
 
     @property
     def url(self) -> str:
