@@ -41,7 +41,7 @@ from replica.names import RELAY, check_document_name, check_replica_id, new_repl
 from replica.status import PeerStatus, Rejected, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
-from replica.vv import VersionVector
+from replica.vv import VersionVector, count_missing
 
 log = logging.getLogger("replica.engine")
 
@@ -244,7 +244,7 @@ class Engine:
         held = self._log.version_vector(txn, refusal.document)
         mark = self._log.watermark(txn, RELAY, refusal.document)
         if refusal.origin is None:
-            return sum(max(0, seq - mark.get(origin, 0)) for origin, seq in held.items())
+            return count_missing(mark, held)
         top = held.get(refusal.origin, 0)
         return max(0, top - max(mark.get(refusal.origin, 0), refusal.seq - 1))
 

@@ -30,11 +30,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from replica import runs, wire
 from replica.engine import Engine
 from replica.errors import ErrorInfo
-from replica.events import Connected, Event
+from replica.events import Event
 from replica.session import Limits, Session, SessionState
 from replica.status import SyncStatus
 from replica.sync import settle
-from replica.trust import DeviceTrust, remember_relay_answer
+from replica.trust import DeviceTrust
 
 log = logging.getLogger("replica.net")
 
@@ -252,8 +252,6 @@ class DeviceRun:
 
     def on_event(self, session: Session, event: Event) -> None:
         """The hub's event handler: one event of this run's session."""
-        if isinstance(event, Connected) and event.remote_role == "relay":
-            remember_relay_answer(self.replica, event.credential)
         self.run, records = runs.step(self.run, event, session, time.time())
         self.replica.record(records)
         if runs.ends_link(event, session.mode) and self.link is not None:
