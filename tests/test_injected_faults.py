@@ -324,6 +324,19 @@ def peers_ignore_expiry() -> Iterator[None]:
 
 
 @contextmanager
+def prefer_the_bound_credential() -> Iterator[None]:
+    """A device presents its relay the credential the relay once bound to
+    its key, whatever newer one it was given (the bug of issue 11: a device
+    whose credential expired could never sync again)."""
+
+    def stale(self: DeviceTrust) -> str | None:
+        return self.credential
+
+    with _patched(DeviceTrust, "for_relay", stale):
+        yield
+
+
+@contextmanager
 def relay_ignores_revocation() -> Iterator[None]:
     """The relay admits a device whose credential it revoked."""
     authorize = RelayAuthority.authorize
@@ -426,6 +439,7 @@ FAULTS = [
     announced_before_the_commit,
     peers_ignore_expiry,
     relay_ignores_revocation,
+    prefer_the_bound_credential,
 ]
 
 

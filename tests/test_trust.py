@@ -131,7 +131,7 @@ def test_a_revocation_is_refused_by_the_relay_and_taken_back() -> None:
         session = fleet.sync("dev-0")
         assert code(session) == "credential_revoked" and session.error is not None and not session.error.retryable
         assert fleet.replica("dev-0").status().state is SyncState.FAILED
-        fleet.renew("dev-0")
+        fleet.restore("dev-0")
         assert fleet.sync("dev-0").completed
         assert not fleet.ledger.violations, fleet.ledger.violations
 

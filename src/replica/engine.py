@@ -575,6 +575,12 @@ class Engine:
             self._log.clear_rejection(txn, remote, document)
             self._status_dirty = True
 
+    def clear_rejections(self, remote: str) -> None:
+        """Forget every refusal by ``remote`` (what it refused is offered again)."""
+        with self._writing() as txn:
+            if self._log.clear_rejections(txn, remote):
+                self._status_dirty = True
+
     def rejections(self, remote: str = RELAY) -> list[Rejection]:
         """Lasting refusals recorded for ``remote``."""
         self._check_open()

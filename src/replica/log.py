@@ -321,6 +321,14 @@ class DeltaLog:
         if self._doc(txn, document) is not None:
             txn.delete("rejected", self._rejection_key(txn, remote, document, None))
 
+    def clear_rejections(self, txn: Txn, remote: str) -> int:
+        """Forget every refusal recorded for ``remote``; returns how many there were."""
+        prefix = remote.encode() + b"\x00"
+        keys = [key for key, _ in txn.scan("rejected", prefix, prefix_end(prefix))]
+        for key in keys:
+            txn.delete("rejected", key)
+        return len(keys)
+
     def rejections(self, txn: Txn, remote: str) -> list[Rejection]:
         """Every refusal recorded for ``remote``."""
         prefix = remote.encode() + b"\x00"

@@ -19,6 +19,7 @@ from replica.engine import Engine
 from replica.events import IngestResult
 from replica.peer import PeerServer
 from replica.status import SyncStatus
+from replica.trust import GIVEN_CREDENTIAL, give_credential
 
 __all__ = ["IngestResult", "Replica"]
 
@@ -109,12 +110,12 @@ class Replica(Engine):
         self, url: str, *, credential: str | None, live: bool, timeout: float, peer: bool = False
     ) -> asyncio.Task[SyncStatus]:
         self._check_open()
-        if credential is not None:
-            self.set_setting("credential", credential)
-        else:
-            credential = self.setting("credential")
         if not peer:
             self.record(runs.start(runs.Facing.RELAY)[1])  # "Sync in Progress" from this call on
+        if credential is not None:
+            give_credential(self, credential)
+        else:
+            credential = self.setting(GIVEN_CREDENTIAL)
         runner = net.sync_live if live else net.sync_once
         task = asyncio.get_running_loop().create_task(
             runner(self, url, credential=credential, timeout=timeout, peer=peer)

@@ -45,10 +45,14 @@ from replica.credentials import (
 )
 from replica.engine import Engine
 from replica.errors import ReplicaError
+from replica.names import RELAY
 from replica.session import Grant
 
 KEY_FILE = "device.key"
 RELAY_KEY = "relay_public_key"
+#: The newest credential given to this device (``Replica.sync(credential=...)``, ``--credential``).
+GIVEN_CREDENTIAL = "credential"
+#: The credential the relay bound to this device's key: what peers are shown.
 BOUND_CREDENTIAL = "bound_credential"
 
 _ephemeral: weakref.WeakKeyDictionary[Engine, DeviceKey] = weakref.WeakKeyDictionary()
@@ -63,6 +67,17 @@ def device_key(replica: Engine) -> DeviceKey:
             found = _ephemeral[replica] = DeviceKey.generate()
         return found
     return DeviceKey.load_or_create(replica.path / KEY_FILE)
+
+
+def give_credential(replica: Engine, token: str) -> None:
+    """Keep ``token`` as the newest credential given to this device: the one
+    it presents to its relay from now on (the relay binds it to the device's
+    key). The relay's lasting refusals are forgotten with the old credential,
+    so that what they refused is offered again under the new one."""
+    if token != replica.setting(GIVEN_CREDENTIAL):
+        with replica.batch():
+            replica.set_setting(GIVEN_CREDENTIAL, token)
+            replica.clear_rejections(RELAY)
 
 
 def remember_relay_answer(replica: Engine, credential: str | None) -> None:
@@ -126,8 +141,30 @@ class DeviceTrust:
 
     @property
     def credential(self) -> str | None:
-        """What this device presents: its credential bound to its key, or the one it was given."""
-        return self.replica.setting(BOUND_CREDENTIAL) or self._given
+        """What this device shows peers: its credential bound to its key (the
+        newest the relay bound), or the one it was given if none is bound yet."""
+        return self.replica.setting(BOUND_CREDENTIAL) or self._newest_given()
+
+    def for_relay(self) -> str | None:
+        """What this device presents to its relay: the newest credential given
+        to it, or that same credential as the relay bound it to this key."""
+        given, bound = self._newest_given(), self.replica.setting(BOUND_CREDENTIAL)
+        if given is None or bound is None:
+            return given or bound
+        return bound if self._same_rights(given, bound) else given
+
+    def _newest_given(self) -> str | None:
+        return self._given if self._given is not None else self.replica.setting(GIVEN_CREDENTIAL)
+
+    def _same_rights(self, given: str, bound: str) -> bool:
+        relay_key = self.relay_key
+        if relay_key is None:
+            return False
+        try:
+            a, b = relay_key.verify(given), relay_key.verify(bound)
+        except CredentialError:
+            return False  # the given one is from another relay key (replaced), or damaged: present it as it is
+        return (a.replica_id, a.documents, a.expires_at) == (b.replica_id, b.documents, b.expires_at)
 
     def _peer_credential(self, token: str | None, replica_id: str, now: float) -> Credential:
         relay_key = self.relay_key
@@ -167,7 +204,8 @@ class DeviceTrust:
     # -- as the initiator ----------------------------------------------------
 
     def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None]:
-        return self.credential, self._challenge, self.key.public_raw
+        credential = self.credential if self.peer else self.for_relay()
+        return credential, self._challenge, self.key.public_raw
 
     def check_welcome(self, welcome: wire.Welcome, now: float) -> tuple[Callable[[str], bool], bytes | None]:
         if welcome.role == "relay" and not self.peer:

@@ -60,7 +60,7 @@ class Link:
     up: deque[bytes] = field(default_factory=deque)  # initiator -> acceptor
     down: deque[bytes] = field(default_factory=deque)  # acceptor -> initiator
     closing: bool = False  # a once-run completed: close when its last frames are out
-    hello_bound: bool = False  # the initiator held a credential bound to its key when it made its hello
+    hello_given: str = ""  # the newest credential the initiator had been given when it made its hello
     hello_why: str = ""  # why the acceptor had to refuse the hello when it arrived ("" if it had not)
 
     @property

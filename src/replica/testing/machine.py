@@ -283,15 +283,20 @@ class FleetMachine(RuleBasedStateMachine):
 
     # -- credentials, clocks and disks ---------------------------------------
 
-    @rule(device=devices())
-    def credential(self, device: int) -> None:
-        """The relay revokes a device's credential, or the operator takes the
-        revocation back (peers, offline, cannot know either)."""
+    @rule(device=devices(), renew=st.booleans())
+    def credential(self, device: int, renew: bool) -> None:
+        """The operator gives a device a new credential (``renew``), or the
+        relay revokes its credential, or takes that back (peers, offline,
+        cannot know of revocations)."""
         name = self.device_name(device)
+        if renew:
+            stories = [fleet.renew(name) for fleet in self.fleets]
+            note(stories[0])
+            return
         revoked = name in self.fleet.revoked
         for fleet in self.fleets:
             if revoked:
-                fleet.renew(name)
+                fleet.restore(name)
             else:
                 fleet.revoke(name)
         note(f"{name}'s credential {'is restored' if revoked else 'is revoked'}")

@@ -102,7 +102,7 @@ class Fleet:
         self.authority = RelayAuthority(RELAY_ID, self.relay_key, revoked=self.revoked)
         #: Per device: the credential it was given (the relay binds it to the device's key).
         self.credentials: dict[str, str] = {}
-        #: Per device: when its credential expires.
+        #: Per device: when the newest credential it was given expires.
         self.expires: dict[str, float] = {}
         self.ledger = Ledger()
         self._unsubscribe: dict[str, list[Callable[[], None]]] = {}
@@ -235,7 +235,6 @@ class Fleet:
             challenges=near_node.next_challenge,
         )
         near = Session(near_node.replica, role="device", initiator=True, mode=mode, trust=trust, limits=self.limits)
-        hello_bound = near_node.replica.setting(BOUND_CREDENTIAL) is not None
         if to_peer:
             authorize = DeviceTrust(
                 far_node.replica, key=self.device_key(far_node.name), challenges=far_node.next_challenge
@@ -247,7 +246,8 @@ class Fleet:
             )
         self._numbers += 1
         near_run, records = runs.start(runs.Facing.PEER if to_peer else runs.Facing.RELAY)
-        link = Link(self._numbers, near_node, far_node, near, far, mode, near_run, hello_bound=hello_bound)
+        link = Link(self._numbers, near_node, far_node, near, far, mode, near_run)
+        link.hello_given = self.credentials[near_node.name]
         self.links.append(link)
         replica = near_node.replica
         if link.relay_facing:
@@ -430,14 +430,22 @@ class Fleet:
         now: float,
     ) -> None:
         """Hold a handshake step of ``session`` (at ``node``'s clock ``now``)
-        to what the credentials, revocations and clocks allow."""
+        to what the credentials it was shown, revocations and clocks allow."""
         state, authenticated = before
         if session is link.far and state is SessionState.IDLE:
-            why = link.hello_why = self._why_refuse(link, node, now)  # the acceptor judges the hello now
+            hello = wire.decode(frame)
+            if not isinstance(hello, wire.Hello):
+                return  # a frame out of order: refused as such, not for its credential
+            why = link.hello_why = self._why_refuse(link, node, now, hello.credential)  # the acceptor judges it now
+            if link.relay_facing:
+                self._check_newest(link, hello.credential)
         elif session is link.far and state is SessionState.PROVING:
             why = link.hello_why  # the proof only completes what the hello presented
         elif session is link.near and state is SessionState.HANDSHAKE:
-            why = self._why_refuse(link, node, now)
+            welcome = wire.decode(frame)
+            if not isinstance(welcome, wire.Welcome):
+                return
+            why = self._why_refuse(link, node, now, welcome.credential)
         else:
             return
         admitted = session.authenticated and not authenticated
@@ -455,27 +463,50 @@ class Fleet:
                 "although every credential was valid by its clock"
             )
 
-    def _why_refuse(self, link: Link, node: Node, now: float) -> str:
+    def _why_refuse(self, link: Link, node: Node, now: float, presented: str | None) -> str:
         """Why ``node``, at its clock ``now``, must refuse the other side of
-        ``link`` ("" if it must not)."""
-        device = link.initiator.name
+        ``link``, which presented ``presented`` ("" if it must not)."""
+        other = link.initiator.name if node is link.acceptor else link.acceptor.name
         if link.relay_facing:
             if node.role != "relay":
                 return ""  # the device checks the relay's key, which is the one it pinned
-            if device in self.revoked:
-                return f"{device}'s credential is revoked"
-            return f"{device}'s credential has expired by the relay's clock" if now >= self.expires[device] else ""
-        for name in (link.initiator.name, link.acceptor.name):
-            replica = self.replica(name)
-            if pinned_relay_key(replica) is None:
+            if other in self.revoked:
+                return f"{other}'s credential is revoked"
+            return self._unfit(other, presented, now, bound=False)
+        for name in (node.name, other):
+            if pinned_relay_key(self.replica(name)) is None:
                 return f"{name} has not synced with the relay yet: it has no relay key to check with"
-            presented = link.hello_bound if node is link.acceptor and name == link.initiator.name else None
-            bound = replica.setting(BOUND_CREDENTIAL) is not None if presented is None else presented
-            if not bound:
-                return f"{name} had no credential bound to its key yet (it must sync with the relay once)"
-            if now >= self.expires[name]:
-                return f"{name}'s credential has expired by {node}'s clock"
+        mine = self.replica(node.name).setting(BOUND_CREDENTIAL) or self.credentials[node.name]
+        return self._unfit(other, presented, now, bound=True) or self._unfit(node.name, mine, now, bound=True)
+
+    def _unfit(self, name: str, token: str | None, now: float, *, bound: bool) -> str:
+        """Why ``token`` does not let device ``name`` in at time ``now`` ("" if it does)."""
+        credential = self._read(token)
+        if credential is None or credential.replica_id != name:
+            return f"{name} presented no credential of its own signed by the relay"
+        if bound and credential.device_key is None:
+            return f"{name}'s credential is not bound to its key yet (it must sync with the relay once)"
+        if now >= credential.expires_at:
+            return f"{name}'s credential has expired by that clock"
         return ""
+
+    def _read(self, token: str | None) -> credentials.Credential | None:
+        try:
+            return None if token is None else self.relay_key.public_key().verify(token)
+        except credentials.CredentialError:
+            return None
+
+    def _check_newest(self, link: Link, presented: str | None) -> None:
+        """A device presents its relay the newest credential it had been
+        given when it made its hello (as given, or as the relay bound it)."""
+        device = link.initiator.name
+        shown, given = self._read(presented), self._read(link.hello_given)
+        assert given is not None
+        if shown is None or (shown.documents, shown.expires_at) != (given.documents, given.expires_at):
+            self.ledger.violations.append(
+                f"{device} presented the relay a credential other than the newest it was given "
+                f"(expiring at {None if shown is None else shown.expires_at}, not {given.expires_at})"
+            )
 
     # -- moving frames and settling ------------------------------------------
 
@@ -618,9 +649,19 @@ class Fleet:
         """The relay stops accepting ``device``'s credential (peers, offline, cannot know)."""
         self.revoked.add(device)
 
-    def renew(self, device: str) -> None:
+    def restore(self, device: str) -> None:
         """The operator takes the revocation of ``device`` back."""
         self.revoked.discard(device)
+
+    def renew(self, device: str) -> str:
+        """The operator issues ``device`` a new credential (the same documents,
+        expiring ``LIFETIME`` after its last one), given to it for its next
+        syncs; peers see it once the relay has bound it to the device's key."""
+        self.expires[device] += LIFETIME
+        self.credentials[device] = self.relay_key.issue(
+            issuer=RELAY_ID, replica_id=device, documents=self.scope, expires_at=self.expires[device], now=self.now
+        )
+        return f"{device} is given a new credential, expiring at {self.expires[device]:.0f}"
 
     # -- the end -------------------------------------------------------------
 
