@@ -105,8 +105,9 @@ def test_a_fault_free_fleet_converges() -> None:
         fleet.heal()
         monitor.check(fleet)
         check_converged(fleet)
-        status = fleet.replica("dev-2").status()
-        assert (status.state, status.unsynced, status.rejected) == (SyncState.SYNCED, 0, 1)
+        status = fleet.replica("dev-2").status()  # its private document is refused: never "Data Synced"
+        assert (status.state, status.unsynced, status.rejected) == (SyncState.FAILED, 0, 1)
+        assert status.error is not None and status.error.code == "changes_refused" and not status.error.retryable
         assert fleet.replica("dev-0").doc("c7/households").records("hh").get("h1") == {"members": 2**70}
 
 

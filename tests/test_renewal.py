@@ -118,6 +118,9 @@ def test_a_corrected_credential_replaces_one_with_a_wrong_scope(tmp_path: Path) 
         wrong = tmp_path / "wrong.cred"
         wrong.write_text(relay.issue("tablet-7", ["campaign-7/*"]) + "\n")  # a typo: 7 for 8
         first = sync(device, relay.url, wrong)
+        assert first.returncode == 2, first.stdout + first.stderr  # retrying cannot help: it needs an operator
+        assert first.stdout.startswith("Sync Failed: the relay refused 1 change to campaign-8/households"), first.stdout
+        assert "[changes_refused]" in first.stdout and "Data Synced" not in first.stdout, first.stdout
         assert "Refused by the relay: 1 changes to campaign-8/households" in first.stdout, first.stdout
         right = tmp_path / "right.cred"
         right.write_text(relay.issue("tablet-7", ["campaign-8/*"]) + "\n")

@@ -107,7 +107,7 @@ def test_statuses_async_iterator(tmp_path: Path) -> None:
     run(main)
 
 
-def test_out_of_scope_documents_are_rejected_not_unsynced(tmp_path: Path) -> None:
+def test_out_of_scope_documents_are_rejected_not_unsynced_and_the_run_fails(tmp_path: Path) -> None:
     async def main() -> None:
         async with Relay(tmp_path / "relay", port=0) as relay:
             token = relay.issue_credential("dev-a", ["c7/*"], expires_at=time.time() + HOUR)
@@ -115,9 +115,20 @@ def test_out_of_scope_documents_are_rejected_not_unsynced(tmp_path: Path) -> Non
                 fill(replica, 5)
                 fill(replica, 3, "hr/salaries")
                 final = await replica.sync(relay.url, credential=token)
-                assert final.state is SyncState.SYNCED and (final.unsynced, final.rejected) == (0, 3)
+                assert final.state is SyncState.FAILED and (final.unsynced, final.rejected) == (0, 3)
+                assert final.error is not None and (final.error.code, final.error.retryable) == (
+                    "changes_refused",
+                    False,
+                )
+                assert final.error.message.startswith("the relay refused 3 changes to hr/salaries: ")
+                assert "ask the relay operator for a credential that covers them" in final.error.message
+                assert final.label.startswith("Sync Failed: the relay refused 3 changes to hr/salaries")
+                assert final.label != "Data Synced" and final.last_synced_at is None
                 assert final.rejections[0].document == "hr/salaries"
                 assert "Refused by the relay: 3 changes to hr/salaries" in final.lines[-1]
+                assert replica.status() == final  # the home screen says the same
+                again = await replica.sync(relay.url, credential=token)  # still refused: still not "Data Synced"
+                assert again.state is SyncState.FAILED and again.error == final.error
 
     run(main)
 

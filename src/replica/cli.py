@@ -219,6 +219,8 @@ def _sync(args: argparse.Namespace) -> int:
     print(f"Sync Failed: {error.message} [{error.code}]")
     print("Retrying can help." if error.retryable else "Retrying will not help; this needs an operator.")
     print(f"Data unsynced: {final.unsynced}")
+    for line in final.refusal_lines:
+        print(line)
     return EXIT_RETRY if error.retryable else EXIT_FAIL
 
 

@@ -252,7 +252,7 @@ class DeviceRun:
 
     def on_event(self, session: Session, event: Event) -> None:
         """The hub's event handler: one event of this run's session."""
-        self.run, records = runs.step(self.run, event, session, time.time())
+        self.run, records = runs.step(self.run, event, session, time.time(), refused=self.replica.refused)
         self.replica.record(records)
         if runs.ends_link(event, session.mode) and self.link is not None:
             self.link.stop()

@@ -27,21 +27,33 @@ The rules, each in one place:
 - A peer's outcome is recorded once the run is decided, and only under an id
   the other side proved (``authenticated``): a device that failed the
   handshake could claim any id.
-- ``last_synced_at`` moves only when a relay-facing run completes.
+- A relay-facing run that completes while the relay refuses any delta held
+  here (refused in this run or before, and still held back) is ``FAILED``
+  with ``changes_refused``, which retrying cannot fix: the home screen never
+  says "Data Synced" while changes are not on the relay. Its message names
+  how many changes, in which documents, and why.
+- ``last_synced_at`` moves only when a relay-facing run completes with
+  nothing refused.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from replica.errors import ErrorInfo
 from replica.events import Closed, Completed, Connected, Event
-from replica.status import Progress, SyncState
+from replica.status import Progress, Rejected, SyncState
 
 #: The error of a run whose link closed with no reason given.
 LOST = ErrorInfo("connection_lost", "the connection closed before the end", True)
+#: The code of a run that completed while the relay refuses changes held here.
+CHANGES_REFUSED = "changes_refused"
+
+#: Reads the relay's lasting refusals of deltas held here (``Engine.refused``).
+Refusals = Callable[[], Sequence[Rejected]]
 
 
 class Facing(enum.Enum):
@@ -128,13 +140,21 @@ def progress_of(session: SessionFacts) -> Progress:
     return Progress(session.sent, session.to_send, session.received, session.to_receive)
 
 
-def step(run: Run, event: Event, session: SessionFacts, now: float) -> tuple[Run, list[Record]]:
-    """The run after ``event`` of ``session`` at time ``now``, and what to store."""
+def step(
+    run: Run, event: Event, session: SessionFacts, now: float, *, refused: Refusals | None = None
+) -> tuple[Run, list[Record]]:
+    """The run after ``event`` of ``session`` at time ``now``, and what to
+    store. ``refused`` reads the relay's refusals when a relay-facing run completes."""
     new = replace(run, progress=progress_of(session))
     if isinstance(event, Connected) and run.facing is Facing.RELAY and event.remote_role != "relay":
         new = replace(new, facing=Facing.PEER)
     elif isinstance(event, Completed) and not run.decided:
-        new = replace(new, state=SyncState.SYNCED, error=None, synced_at=now)
+        relay = run.facing is Facing.RELAY
+        held_back = [r for r in refused() if r.count] if relay and refused is not None else []
+        if held_back:
+            new = replace(new, state=SyncState.FAILED, error=refusal_error(held_back))
+        else:
+            new = replace(new, state=SyncState.SYNCED, error=None, synced_at=now)
     elif isinstance(event, Closed):
         new = _closed(new, event.error, session)
     return new, _records(run, new, session)
@@ -169,6 +189,17 @@ def _records(old: Run | None, new: Run, session: SessionFacts | None) -> list[Re
         synced_at = new.synced_at if new.state is SyncState.SYNCED else None
         out.append(PeerResult(session.remote_id, synced_at, new.error, missing))
     return out
+
+
+def refusal_error(refusals: Sequence[Rejected]) -> ErrorInfo:
+    """The error of a run after which the relay still refuses ``refusals``."""
+    parts = [f"{r.count} change{'s' if r.count != 1 else ''} to {r.document}: {r.message}" for r in refusals]
+    hint = (
+        "ask the relay operator for a credential that covers them"
+        if any(r.code == "document_out_of_scope" for r in refusals)
+        else "they stay on this device; ask the relay operator"
+    )
+    return ErrorInfo(CHANGES_REFUSED, f"the relay refused {'; '.join(parts)}; {hint}", False)
 
 
 def ends_link(event: Event, mode: str) -> bool:

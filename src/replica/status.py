@@ -71,9 +71,16 @@ class SyncStatus:
             out.append(f"sent {p.sent}/{p.to_send}, received {p.received}/{p.to_receive}")
         if self.state is not SyncState.SYNCED and self.label != f"Data unsynced: {self.unsynced}":
             out.append(f"Data unsynced: {self.unsynced}")
-        for item in self.rejections:
-            out.append(f"Refused by the relay: {item.count} changes to {item.document} ({item.message})")
-        return out
+        return out + self.refusal_lines
+
+    @property
+    def refusal_lines(self) -> list[str]:
+        """One line per refusal of the relay that still holds changes back."""
+        return [
+            f"Refused by the relay: {item.count} changes to {item.document} ({item.message})"
+            for item in self.rejections
+            if item.count
+        ]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from replica.doc import Document
 from replica.engine import Engine
 from replica.errors import ErrorInfo
 from replica.names import RELAY
-from replica.runs import LOST
+from replica.runs import CHANGES_REFUSED, LOST
 from replica.status import SyncState
 from replica.testing.ledger import RelayRun
 from replica.testing.links import Node, canonical
@@ -175,7 +175,8 @@ class Monitor:
         status = node.replica.status()
         track = fleet.ledger.relay_runs.get(node.name)
         state, error = expected_run(track)
-        assert (status.state, status.error) == (state, error), (
+        shown = status.error.code if isinstance(error, str) and status.error is not None else status.error
+        assert (status.state, shown) == (state, error), (
             f"{node}: status {status.state.name} ({status.error}); its last relay run says {state.name} ({error})"
         )
         if track is not None:
@@ -185,7 +186,7 @@ class Monitor:
                 f"the session says sent {track.sent}, received {track.received}"
             )
         completions = fleet.ledger.completions.get(node.name, [])
-        if track is not None and track.completed_at is not None:
+        if track is not None and track.completed_at is not None and not track.refused:
             assert status.last_synced_at == track.completed_at, (
                 f"{node}: last synced at {status.last_synced_at}, but its run completed at {track.completed_at}"
             )
@@ -195,12 +196,15 @@ class Monitor:
             )
 
 
-def expected_run(track: RelayRun | None) -> tuple[SyncState, ErrorInfo | None]:
+def expected_run(track: RelayRun | None) -> tuple[SyncState, ErrorInfo | str | None]:
     """What the home screen must say of a device whose last relay-facing run
-    went as ``track`` says (None: none since it was opened)."""
+    went as ``track`` says (None: none since it was opened); an error given as
+    a code alone is compared by its code."""
     if track is None:
         return SyncState.IDLE, None
     if track.completed_at is not None:
+        if track.refused:
+            return SyncState.FAILED, CHANGES_REFUSED
         harmless = track.mode == "once" or track.error is None or track.error.retryable
         return (SyncState.SYNCED, None) if not track.closed or harmless else (SyncState.FAILED, track.error)
     if not track.closed:
@@ -226,7 +230,11 @@ def check_converged(fleet: Fleet) -> None:
     for node in fleet.devices:
         replica = node.replica
         status = replica.status()
-        assert status.state is SyncState.SYNCED, f"{node}: the last sync after healing ended {status}"
+        if status.rejected:  # never "Data Synced" while changes are refused
+            assert status.state is SyncState.FAILED and status.error is not None, f"{node}: {status}"
+            assert status.error.code == CHANGES_REFUSED, f"{node}: the last sync after healing ended {status}"
+        else:
+            assert status.state is SyncState.SYNCED, f"{node}: the last sync after healing ended {status}"
         assert status.unsynced == 0, f"{node}: {status.unsynced} deltas unsynced after healing"
         names = replica.documents()
         got = {name: (replica.version_vector(name), canonical(replica.doc(name))) for name in names}

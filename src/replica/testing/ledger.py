@@ -27,6 +27,7 @@ class RelayRun:
     mode: str
     start: RunStart
     completed_at: float | None = None  #: the device's clock when its session completed
+    refused: bool = False  #: the relay refused deltas held on the device when its session completed
     closed: bool = False
     error: Any = None  #: the device session's error when the link closed
     sent: int = 0  #: the session's counts at the last look

@@ -555,7 +555,7 @@ class Fleet:
             return  # a relay reports nothing
         now = self.clock(node)
         if session is link.near:
-            link.near_run, records = runs.step(link.near_run, event, session, now)
+            link.near_run, records = runs.step(link.near_run, event, session, now, refused=node.replica.refused)
             if runs.ends_link(event, session.mode):
                 link.closing = True
         else:
@@ -571,7 +571,9 @@ class Fleet:
         track.sent, track.received = session.sent, session.received
         if session.completed and track.completed_at is None:
             track.completed_at = self.clock(link.initiator)
-            self.ledger.completions.setdefault(link.initiator.name, []).append(track.completed_at)
+            track.refused = link.initiator.replica.status().rejected > 0  # counted right: invariant 4
+            if not track.refused:
+                self.ledger.completions.setdefault(link.initiator.name, []).append(track.completed_at)
         if closed or session.closed:
             track.closed = True
             track.error = session.error
