@@ -10,11 +10,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from relay_process import CLI, RelayProcess
 from replica import Replica
-from replica.credentials import SigningKey
+from replica.cli import main
+from replica.credentials import CredentialError, SigningKey
+from replica.errors import ReplicaError
 from replica.names import RELAY
-from replica.testing import Fleet
+from replica.testing import Fleet, LmdbBackend
 from replica.testing.network import EXPIRY_STEP, LIFETIME
 from replica.trust import BOUND_CREDENTIAL, GIVEN_CREDENTIAL, DeviceTrust, give_credential, pin_relay_key
 
@@ -131,3 +135,57 @@ def test_a_corrected_credential_replaces_one_with_a_wrong_scope(tmp_path: Path) 
         status = replica.status()
         assert (status.unsynced, status.rejected) == (0, 0)
         assert replica.watermark(RELAY, "campaign-8/households") == {"tablet-7": 1}
+
+
+# -- messages and introspection -----------------------------------------------
+
+
+def test_a_changed_relay_key_is_told_from_the_devices_side(tmp_path: Path) -> None:
+    old, new = SigningKey.generate(), SigningKey.generate()
+    with Replica.open(tmp_path / "dev", replica_id="dev-a") as device:
+        pin_relay_key(device, old.public_key())
+        try:
+            pin_relay_key(device, new.public_key())
+        except ReplicaError as exc:
+            error = exc
+        else:
+            raise AssertionError("a different relay key was pinned without --replace")
+    assert error.code == "relay_key_changed" and not error.retryable
+    assert f"the relay's key changed (was {old.public_key().key_id}, now {new.public_key().key_id})" in error.message
+    assert f"--data {tmp_path / 'dev'} --relay-key {new.public_key().to_text()} --replace" in error.message
+    assert "this device trusts" not in error.message
+
+
+def test_a_credential_signed_by_another_relay_names_both_keys_neutrally() -> None:
+    mine, other = SigningKey.generate(), SigningKey.generate()
+    token = credential(other, ["c7/*"], NOW + 3600)
+    try:
+        mine.public_key().verify(token)
+    except CredentialError as exc:
+        message = exc.message
+    else:
+        raise AssertionError("a credential of another relay was accepted")
+    assert f"signed with relay key {other.public_key().key_id}" in message
+    assert f"not with relay key {mine.public_key().key_id} that checks it" in message
+    assert "this device trusts" not in message
+
+
+def test_credential_show_tells_what_the_device_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with Fleet(1, backend=LmdbBackend(tmp_path)) as fleet:
+        give_credential(fleet.replica("dev-0"), fleet.credentials["dev-0"])
+        assert fleet.sync("dev-0").completed
+        fleet.replica("dev-0").close()  # the CLI opens the data directory itself
+        assert main(["credential", "show", "--data", str(tmp_path / "dev-0")]) == 0
+    out = capsys.readouterr().out
+    assert "Replica: dev-0" in out and f"Relay key: {fleet.relay_key.public_key().key_id}" in out
+    assert out.count("replica id: dev-0") == 2 and out.count("documents: c7/*") == 2  # given, and bound
+    assert "Bound to this device's key:" in out and "bound to device key: none" in out  # the given one is not
+    assert f"bound to device key: {fleet.device_key('dev-0').public_key().key_id}" in out
+    assert "by relay relay-1" in out and "(expired)" in out  # 1970 + 30 days: long gone by the real clock
+
+
+def test_credential_show_on_a_device_that_never_synced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Replica.open(tmp_path / "new", replica_id="tablet-1").close()
+    assert main(["credential", "show", "--data", str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert "Relay key: not pinned yet" in out and "Given: none" in out and "Bound to this device's key: none" in out

@@ -252,6 +252,33 @@ class _Progress:
 # -- parser ------------------------------------------------------------------
 
 
+def _credential_show(args: argparse.Namespace) -> int:
+    from replica.credentials import CredentialError
+    from replica.trust import BOUND_CREDENTIAL, GIVEN_CREDENTIAL, pinned_relay_key
+
+    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+        relay_key = pinned_relay_key(replica)
+        print(f"Replica: {replica.id}")
+        print(f"Relay key: {relay_key.key_id if relay_key else 'not pinned yet (sync with the relay once)'}")
+        for label, setting in (("Given", GIVEN_CREDENTIAL), ("Bound to this device's key", BOUND_CREDENTIAL)):
+            token = replica.setting(setting)
+            if token is None:
+                print(f"{label}: none")
+                continue
+            if relay_key is None:
+                print(f"{label}: held, not checked (this device has no relay key to check it with yet)")
+                continue
+            try:
+                credential = relay_key.verify(token)
+            except CredentialError as exc:
+                print(f"{label}: not valid for this device's relay: {exc.message}")
+                continue
+            print(f"{label}:")
+            for line in credential.summary(now=time.time()):
+                print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replica", description="CRDT replication for devices that work offline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--peer", action="store_true", help="the URL is another device serving peers, not the relay")
     sync.add_argument("--timeout", type=float, default=30.0, help="seconds without an answer before failing")
     sync.set_defaults(run=_sync)
+
+    credential = commands.add_parser("credential", help="this device's credentials")
+    credential_commands = credential.add_subparsers(dest="credential_command", required=True)
+    show = credential_commands.add_parser("show", help="the credential given to this device and the one bound to it")
+    show.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
+    show.add_argument("--replica-id", help=REPLICA_ID_HELP)
+    show.set_defaults(run=_credential_show)
 
     peer = commands.add_parser("peer", help="sync with other devices in the field")
     peer_commands = peer.add_subparsers(dest="peer_command", required=True)

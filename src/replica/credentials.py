@@ -181,6 +181,18 @@ class Credential:
                 code=CREDENTIAL_EXPIRED,
             )
 
+    def summary(self, *, now: float) -> list[str]:
+        """What a supervisor needs to know of this credential, a line each."""
+        state = "expired" if now >= self.expires_at else "valid"
+        bound = "none" if self.device_key is None else PublicKey(self.device_key).key_id
+        return [
+            f"replica id: {self.replica_id}",
+            f"documents: {', '.join(self.documents)}",
+            f"expires: {_utc_text(self.expires_at)} ({state})",
+            f"issued: {_utc_text(self.issued_at)} by relay {self.issuer} (key {self.key_id})",
+            f"bound to device key: {bound}",
+        ]
+
     def check_document(self, document: str) -> None:
         """Raise :class:`CredentialError` (``document_out_of_scope``) unless :meth:`allows` ``document``."""
         if not self.allows(document):
@@ -258,7 +270,7 @@ class PublicKey:
             raise _invalid("its key id is damaged")
         if key_id != self.key_id:
             raise _invalid(
-                f"it was signed by relay key {key_id}, but this device trusts relay key {self.key_id}",
+                f"it was signed with relay key {key_id}, not with relay key {self.key_id} that checks it",
                 "check that this device was set up for the right relay, or ask that relay for a new one",
             )
         payload, signature = _b64decode(body), _b64decode(signature_text)

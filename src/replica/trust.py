@@ -97,9 +97,11 @@ def pin_relay_key(replica: Engine, key: PublicKey, *, replace: bool = False) -> 
     A different key than the pinned one is refused unless ``replace``."""
     pinned = pinned_relay_key(replica)
     if pinned is not None and pinned.raw != key.raw and not replace:
+        data = replica.path if replica.path is not None else "DIR"
         raise ReplicaError(
-            f"the relay presents key {key.key_id}, but this device trusts {pinned.key_id}; if the relay's key "
-            "was really changed, pin the new one with `replica peer trust`",
+            f"the relay's key changed (was {pinned.key_id}, now {key.key_id}); if that is expected, run "
+            f"`replica peer trust --data {data} --relay-key {key.to_text()} --replace`, "
+            "otherwise this is not your relay: ask its operator",
             code="relay_key_changed",
         )
     replica.set_setting(RELAY_KEY, key.to_text())
