@@ -29,7 +29,7 @@ from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import replica.doc
-from replica import runs, wire
+from replica import runs, trust, wire
 from replica.delta import Delta
 from replica.doc import Document
 from replica.engine import Engine
@@ -337,6 +337,17 @@ def peers_ignore_expiry() -> Iterator[None]:
 
 
 @contextmanager
+def peers_ignore_revocations() -> Iterator[None]:
+    """Devices carry the relay's revocation list but never check a peer against it."""
+
+    def blind(*args: Any) -> None:
+        return None
+
+    with _patched(trust, "_refuse_revoked", blind):
+        yield
+
+
+@contextmanager
 def prefer_the_bound_credential() -> Iterator[None]:
     """A device presents its relay the credential the relay once bound to
     its key, whatever newer one it was given (the bug of issue 11: a device
@@ -355,7 +366,7 @@ def relay_ignores_revocation() -> Iterator[None]:
     authorize = RelayAuthority.authorize
 
     def forgetful(self: RelayAuthority, hello: wire.Hello, now: float) -> Any:
-        revoked, self.revoked = self.revoked, ()
+        revoked, self.revoked = self.revoked, {}
         try:
             return authorize(self, hello, now)
         finally:
@@ -453,6 +464,7 @@ FAULTS = [
     announced_before_the_commit,
     peers_ignore_expiry,
     relay_ignores_revocation,
+    peers_ignore_revocations,
     prefer_the_bound_credential,
 ]
 

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"wire", "events"},
     {"log", "runs"},
     {"engine", "session"},
-    {"trust", "discovery"},
+    {"trust", "discovery", "registry"},
     {"sync"},
     {"net"},
     {"peer", "relay"},

@@ -133,7 +133,7 @@ def test_no_credential_is_refused(key: SigningKey) -> None:
 
 
 def test_a_revoked_replica_is_refused(key: SigningKey) -> None:
-    authority = RelayAuthority(RELAY_ID, key, revoked={"dev-a"})
+    authority = RelayAuthority(RELAY_ID, key, revoked={"dev-a": NOW})
     error = refusal(authority, hello(issue(key)))
     assert isinstance(error, CredentialError) and error.code == "credential_revoked"
     assert authority.authorize(hello(issue(key, "dev-b"), "dev-b"), NOW).replica_id == "dev-b"

@@ -208,3 +208,41 @@ async def until(check: Any, replica: Replica, timeout: float = 10.0) -> None:
     finally:
         for stop in stops:
             stop()
+
+
+# -- revocations reach peers through the relay's signed list ------------------
+
+
+def test_peers_learn_a_revocation_from_the_relay_and_from_each_other() -> None:
+    with provisioned(3) as fleet:
+        fleet.revoke("dev-0")
+        assert code(fleet.sync("dev-0")) == "credential_revoked"
+        assert fleet.sync("dev-0", "dev-2").completed  # dev-2 has not heard of it yet: offline, it cannot know
+        assert fleet.sync("dev-1").completed  # the relay's welcome carries its signed revocation list
+        link = fleet.open_link("dev-0", "dev-1")
+        fleet.run(link)
+        assert code(link.far) == "credential_revoked" and code(link.near) == "credential_revoked"
+        assert fleet.sync("dev-1", "dev-2").completed  # dev-1 carries the list to dev-2
+        link = fleet.open_link("dev-2", "dev-0")  # and dev-2, as the initiator, now refuses dev-0's welcome
+        fleet.run(link)
+        assert code(link.near) == "credential_revoked"
+        fleet.renew("dev-0")  # a credential issued after the revocation is not revoked
+        assert fleet.sync("dev-0").completed
+        assert fleet.sync("dev-0", "dev-1").completed  # with the new credential, bound by the relay
+        assert not fleet.ledger.violations, fleet.ledger.violations
+
+
+def test_a_revocation_list_of_another_relay_or_older_than_the_known_one_is_ignored() -> None:
+    from replica.trust import REVOCATIONS, adopt_revocations, known_revocations
+
+    with provisioned(1) as fleet:
+        device = fleet.replica("dev-0")
+        newer = fleet.relay_key.sign_revocations(issuer="relay-1", revoked={"dev-9": 5.0}, now=10.0)
+        older = fleet.relay_key.sign_revocations(issuer="relay-1", revoked={}, now=1.0)
+        adopt_revocations(device, newer)
+        adopt_revocations(device, older)
+        known = known_revocations(device)
+        assert known is not None and known.revoked == {"dev-9": 5.0}
+        stranger = SigningKey.generate().sign_revocations(issuer="relay-9", revoked={}, now=99.0)
+        adopt_revocations(device, stranger)
+        assert device.setting(REVOCATIONS) == newer

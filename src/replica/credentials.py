@@ -35,7 +35,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,11 +77,13 @@ CODES = frozenset(
 )
 
 MAX_TOKEN_CHARS = 8192
+MAX_LIST_CHARS = 1 << 20
 MAX_PATTERN_CHARS = 255
 PATTERN_RULE = f"a document pattern is 1-{MAX_PATTERN_CHARS} printable characters without spaces, e.g. 'campaign-7/*'"
 EXPIRY_RULE = "use a duration such as 30d, 12h, 90m or 3600s, or a UTC date such as 2026-12-01 or 2026-12-01T12:00"
 
 _VERSION = "rc1"
+_LIST_VERSION = "rl1"
 _TEXT_PREFIX = "ed25519:"
 _PROOF_DOMAIN = b"replica-proof-v1\x00"
 _FIELDS = frozenset("rdeis")
@@ -252,18 +254,43 @@ class PublicKey:
         """The credential ``token`` carries, if this key signed it; raises :class:`CredentialError`
         (``credential_invalid``) for anything else, whatever its type. Expiry and replica id are
         not checked here: see :meth:`Credential.check`."""
+        key_id, payload = self._open(token, _VERSION, "a replica credential", MAX_TOKEN_CHARS)
+        assert isinstance(token, str)
+        return _parse_payload(payload, key_id=key_id, token=token)
+
+    def verify_revocations(self, token: object) -> RevocationList:
+        """The revocation list ``token`` carries, if this key signed it; raises
+        :class:`CredentialError` (``credential_invalid``) for anything else."""
+        _, payload = self._open(token, _LIST_VERSION, "a revocation list", MAX_LIST_CHARS)
+        try:
+            fields: Any = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise _invalid("its contents cannot be read") from None
+        if not isinstance(fields, dict) or fields.keys() != {"s", "i", "r"} or not isinstance(fields["r"], dict):
+            raise _invalid("its contents are not those of a version 1 revocation list")
+        revoked = fields["r"]
+        if not (
+            _is_replica_id(fields["s"])
+            and _is_time(fields["i"])
+            and all(_is_replica_id(r) and _is_time(t) for r, t in revoked.items())
+        ):
+            raise _invalid("its contents are not well formed")
+        return RevocationList(fields["s"], float(fields["i"]), {r: float(t) for r, t in revoked.items()}, str(token))
+
+    def _open(self, token: object, version: str, what: str, limit: int) -> tuple[str, bytes]:
+        """Check the form and signature of a token; return its key id and payload."""
         if not isinstance(token, str):
             raise _invalid(f"expected text, got {type(token).__name__}")
-        if len(token) > MAX_TOKEN_CHARS:
-            raise _invalid(f"it is {len(token)} characters long, more than the {MAX_TOKEN_CHARS} allowed")
+        if len(token) > limit:
+            raise _invalid(f"it is {len(token)} characters long, more than the {limit} allowed")
         parts = token.split(".")
         if len(parts) != 4 or not token.isascii():
-            raise _invalid("it is not a replica credential (expected rc1.<key id>.<payload>.<signature>)")
-        version, key_id, body, signature_text = parts
-        if version != _VERSION:
-            newer = re.fullmatch(r"rc[0-9]{1,6}", version) is not None
+            raise _invalid(f"it is not {what} (expected {version}.<key id>.<payload>.<signature>)")
+        found, key_id, body, signature_text = parts
+        if found != version:
+            newer = re.fullmatch(rf"{version[:2]}[0-9]{{1,6}}", found) is not None
             raise _invalid(
-                "it was made by a newer relay" if newer else "it is not a replica credential",
+                "it was made by a newer relay" if newer else f"it is not {what}",
                 "update this app" if newer else "ask the relay operator for a new one",
             )
         if not _KEY_ID.fullmatch(key_id):
@@ -280,7 +307,25 @@ class PublicKey:
             self._key.verify(signature, token.rpartition(".")[0].encode("ascii"))
         except InvalidSignature:
             raise _invalid("its signature does not match: it was altered or damaged") from None
-        return _parse_payload(payload, key_id=key_id, token=token)
+        return key_id, payload
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """The replica ids whose credentials a relay revoked, each with when:
+    credentials issued to it until then are refused (a credential issued
+    later, a renewal, is not). Signed by the relay, so that devices carry it
+    to each other and check peers offline (:meth:`PublicKey.verify_revocations`)."""
+
+    issuer: str
+    issued_at: float
+    revoked: dict[str, float]
+    token: str = field(repr=False)
+
+    def revokes(self, credential: Credential) -> bool:
+        """True if ``credential`` was issued before its replica id was revoked."""
+        revoked_at = self.revoked.get(credential.replica_id)
+        return revoked_at is not None and credential.issued_at <= revoked_at
 
 
 def _parse_payload(payload: bytes, *, key_id: str, token: str) -> Credential:
@@ -427,8 +472,20 @@ class SigningKey(_KeyPair):
             raise ValueError(f"the credential would exceed {MAX_TOKEN_CHARS} characters: use fewer, broader patterns")
         return token
 
-    def _seal(self, payload: bytes) -> str:
-        signed = f"{_VERSION}.{self._public.key_id}.{_b64encode(payload)}"
+    def sign_revocations(self, *, issuer: str, revoked: Mapping[str, float], now: float) -> str:
+        """A signed :class:`RevocationList` of ``revoked`` (replica id -> revoked at), issued at ``now``."""
+        check_replica_id(issuer)
+        for replica_id in revoked:
+            check_replica_id(replica_id)
+        token = self._seal(
+            msgpack.packb({"s": issuer, "i": now, "r": dict(revoked)}, use_bin_type=True), version=_LIST_VERSION
+        )
+        if len(token) > MAX_LIST_CHARS:
+            raise ValueError(f"the revocation list would exceed {MAX_LIST_CHARS} characters")
+        return token
+
+    def _seal(self, payload: bytes, *, version: str = _VERSION) -> str:
+        signed = f"{version}.{self._public.key_id}.{_b64encode(payload)}"
         return f"{signed}.{_b64encode(self._private.sign(signed.encode('ascii')))}"
 
 

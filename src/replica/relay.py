@@ -7,19 +7,21 @@ to every live device that has the document open, and admits a device only
 with a credential it signed itself (``replica.credentials``).
 
 Files in the data directory besides the LMDB log: ``relay-signing.key`` (the
-Ed25519 key, created on first start, mode 0600) and ``relay.id`` (the relay's
-replica id, so that credentials can be issued while the relay runs).
+Ed25519 key, created on first start, mode 0600), ``relay.id`` (the relay's
+replica id, so that credentials can be issued while the relay runs), and what
+the operator issued and revoked (``issued.jsonl``, ``revoked.json``: see
+``replica.registry``), read while the relay runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from replica import registry
 from replica.credentials import PublicKey, SigningKey
 from replica.engine import Engine
 from replica.events import Event
@@ -66,7 +68,7 @@ class Relay:
         self.limits = limits or Limits()
         self.replica_id, self._key = relay_identity(self.data)
         self.public_key: PublicKey = self._key.public_key()
-        self.authority = RelayAuthority(self.replica_id, self._key)
+        self.authority = RelayAuthority(self.replica_id, self._key, revoked=registry.Revocations(self.data))
         self.replica: Engine | None = None
         self._listener: Listener | None = None
 
@@ -87,14 +89,16 @@ class Relay:
         now: float | None = None,
     ) -> str:
         """A credential for device ``replica_id`` on ``documents`` (patterns),
-        issued at ``now`` (default: the current time)."""
-        return self._key.issue(
+        issued at ``now`` (default: the current time), recorded as issued."""
+        return registry.issue_credential(
+            self.data,
+            self._key,
             issuer=self.replica_id,
             replica_id=replica_id,
             documents=documents,
             expires_at=expires_at,
-            now=time.time() if now is None else now,
             device_key=device_key,
+            now=now,
         )
 
     async def start(self) -> None:

@@ -132,14 +132,15 @@ class Grant:
     challenge: bytes | None = None
     proof: bytes | None = None
     verify_proof: Callable[[bytes], None] | None = None
+    revocations: str | None = None  # the relay's signed revocation list, as the acceptor knows it
 
 
 class Trust(Protocol):
     """How an initiator presents itself and checks who answered (see
     ``replica.trust``). Raise a :class:`~replica.errors.ReplicaError` to refuse."""
 
-    def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None]:
-        """``(credential, challenge, device public key)`` for the ``hello``."""
+    def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None, str | None]:
+        """``(credential, challenge, device public key, revocation list)`` for the ``hello``."""
         ...
 
     def check_welcome(self, welcome: wire.Welcome, now: float) -> tuple[Callable[[str], bool], bytes | None]:
@@ -247,9 +248,9 @@ class Session:
         names = self.replica.documents() if self._wanted is None else self._wanted
         documents = {name: self.replica.version_vector(name) for name in names}
         tips = {name: self.replica.tips(name) for name in names}
-        credential, challenge, key = self.credential, None, None
+        credential, challenge, key, revocations = self.credential, None, None, None
         if self._trust is not None:
-            credential, challenge, key = self._trust.hello_fields()
+            credential, challenge, key, revocations = self._trust.hello_fields()
         self._send(
             wire.Hello(
                 self.replica.id,
@@ -260,6 +261,7 @@ class Session:
                 tips=tips,
                 challenge=challenge,
                 device_key=key,
+                revocations=revocations,
             )
         )
         self.state = SessionState.HANDSHAKE
@@ -449,6 +451,7 @@ class Session:
                 proof=grant.proof,
                 credential=grant.credential,
                 relay_key=grant.relay_key,
+                revocations=grant.revocations,
             )
         )
         remote = {d: hello.documents.get(d, {}) for d in names}

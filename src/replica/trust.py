@@ -31,14 +31,16 @@ exchanged only where both credentials allow them.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Container
+from collections.abc import Callable, Mapping
 
 from replica import wire
 from replica.credentials import (
+    CREDENTIAL_REVOKED,
     Credential,
     CredentialError,
     DeviceKey,
     PublicKey,
+    RevocationList,
     SigningKey,
     new_challenge,
     verify_proof,
@@ -54,6 +56,8 @@ RELAY_KEY = "relay_public_key"
 GIVEN_CREDENTIAL = "credential"
 #: The credential the relay bound to this device's key: what peers are shown.
 BOUND_CREDENTIAL = "bound_credential"
+#: The newest revocation list signed by the relay that this device has seen.
+REVOCATIONS = "revocations"
 
 _ephemeral: weakref.WeakKeyDictionary[Engine, DeviceKey] = weakref.WeakKeyDictionary()
 
@@ -90,6 +94,40 @@ def pinned_relay_key(replica: Engine) -> PublicKey | None:
     """The relay public key this device trusts, if it has one yet."""
     text = replica.setting(RELAY_KEY)
     return None if text is None else PublicKey.from_text(text)
+
+
+def known_revocations(replica: Engine) -> RevocationList | None:
+    """The newest revocation list of this device's relay that it has seen."""
+    token, relay_key = replica.setting(REVOCATIONS), pinned_relay_key(replica)
+    if token is None or relay_key is None:
+        return None
+    try:
+        return relay_key.verify_revocations(token)
+    except CredentialError:
+        return None  # signed by a relay key replaced since: it says nothing about this relay
+
+
+def adopt_revocations(replica: Engine, token: str | None) -> None:
+    """Keep ``token`` if it is a revocation list of this device's relay newer
+    than the one it knows (from the relay itself, or carried by a peer)."""
+    relay_key = pinned_relay_key(replica)
+    if token is None or relay_key is None or token == replica.setting(REVOCATIONS):
+        return
+    try:
+        offered = relay_key.verify_revocations(token)
+    except CredentialError:
+        return  # not our relay's: a peer set up for another relay, or altered; nothing to learn
+    known = known_revocations(replica)
+    if known is None or offered.issued_at > known.issued_at:
+        replica.set_setting(REVOCATIONS, token)
+
+
+def _refuse_revoked(revocations: RevocationList | None, credential: Credential, who: str) -> None:
+    if revocations is not None and revocations.revokes(credential):
+        raise CredentialError(
+            f"the relay operator revoked the credential of {who}; it must get a new one from the operator",
+            code=CREDENTIAL_REVOKED,
+        )
 
 
 def pin_relay_key(replica: Engine, key: PublicKey, *, replace: bool = False) -> None:
@@ -180,6 +218,7 @@ class DeviceTrust:
             raise CredentialError(f"device {replica_id} presented no credential", code="credential_missing")
         credential = relay_key.verify(token)
         credential.check(replica_id=replica_id, now=now)
+        _refuse_revoked(known_revocations(self.replica), credential, f"device {replica_id}")
         return credential
 
     def _own_credential(self, now: float) -> Credential:
@@ -205,9 +244,9 @@ class DeviceTrust:
 
     # -- as the initiator ----------------------------------------------------
 
-    def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None]:
+    def hello_fields(self) -> tuple[str | None, bytes | None, bytes | None, str | None]:
         credential = self.credential if self.peer else self.for_relay()
-        return credential, self._challenge, self.key.public_raw
+        return credential, self._challenge, self.key.public_raw, self.replica.setting(REVOCATIONS)
 
     def check_welcome(self, welcome: wire.Welcome, now: float) -> tuple[Callable[[str], bool], bytes | None]:
         if welcome.role == "relay" and not self.peer:
@@ -216,10 +255,12 @@ class DeviceTrust:
             relay_key = PublicKey(welcome.relay_key)
             relay_key.verify_answer(self._challenge, welcome.proof, who=f"relay {welcome.replica_id}")
             pin_relay_key(self.replica, relay_key)
+            adopt_revocations(self.replica, welcome.revocations)
             return (lambda document: True), None
         if welcome.role != "peer":
             expected = "a peer" if self.peer else "a relay or a peer"
             raise ReplicaError(f"expected {expected}, and a {welcome.role} answered", code="unexpected_role")
+        adopt_revocations(self.replica, welcome.revocations)  # what the relay revoked, carried by the peer
         other = self._peer_credential(welcome.credential, welcome.replica_id, now)
         if welcome.proof is None or welcome.challenge is None:
             raise CredentialError("the other device did not prove who it is", code="proof_invalid")
@@ -232,6 +273,7 @@ class DeviceTrust:
     def authorize(self, hello: wire.Hello, now: float) -> Grant:
         if hello.role != "device":
             raise ReplicaError(f"a device accepts devices, not a {hello.role}", code="unexpected_role")
+        adopt_revocations(self.replica, hello.revocations)
         other = self._peer_credential(hello.credential, hello.replica_id, now)
         own = self._own_credential(now)
         if hello.challenge is None:
@@ -244,20 +286,32 @@ class DeviceTrust:
             challenge=challenge,
             proof=self.key.sign(hello.challenge),
             verify_proof=lambda proof: verify_proof(other, challenge, proof),
+            revocations=self.replica.setting(REVOCATIONS),
         )
 
 
 class RelayAuthority:
     """The relay's admission of devices (the session's ``authorize``).
 
-    ``revoked``: replica ids whose credentials the relay no longer accepts.
+    ``revoked``: replica id -> when the relay operator revoked it; a
+    credential issued to that id until then is refused (``credential_revoked``),
+    a later one (a renewal) is not. Every ``welcome`` carries the list, signed,
+    so that devices carry it to each other and refuse revoked peers offline.
     """
 
-    def __init__(self, replica_id: str, key: SigningKey, *, revoked: Container[str] = ()) -> None:
+    def __init__(self, replica_id: str, key: SigningKey, *, revoked: Mapping[str, float] | None = None) -> None:
         self.replica_id = replica_id
         self.key = key
         self.public_key = key.public_key()
-        self.revoked = revoked
+        self.revoked: Mapping[str, float] = {} if revoked is None else revoked
+        self._signed: tuple[dict[str, float], str] | None = None
+
+    def revocations(self, now: float) -> str:
+        """The signed revocation list as it stands (signed again only when it changed)."""
+        current = dict(self.revoked)
+        if self._signed is None or self._signed[0] != current:
+            self._signed = (current, self.key.sign_revocations(issuer=self.replica_id, revoked=current, now=now))
+        return self._signed[1]
 
     def authorize(self, hello: wire.Hello, now: float) -> Grant:
         """Admit the device saying ``hello`` at time ``now``, or raise."""
@@ -271,10 +325,11 @@ class RelayAuthority:
         credential.check(replica_id=hello.replica_id, now=now)
         if hello.replica_id == self.replica_id:
             raise ReplicaError("a device is using the relay's own replica id", code="replica_id_clash")
-        if hello.replica_id in self.revoked:
+        revoked_at = self.revoked.get(hello.replica_id)
+        if revoked_at is not None and credential.issued_at <= revoked_at:
             raise CredentialError(
-                f"the relay operator revoked the credential of {hello.replica_id}; ask for a new one",
-                code="credential_revoked",
+                f"the relay operator revoked the credential of {hello.replica_id}; ask the operator for a new one",
+                code=CREDENTIAL_REVOKED,
             )
         bound = None
         if hello.device_key is not None:
@@ -297,4 +352,11 @@ class RelayAuthority:
                 )
             )
         proof = None if hello.challenge is None else self.key.sign(hello.challenge)
-        return Grant(hello.replica_id, credential.allows, credential=bound, relay_key=self.public_key.raw, proof=proof)
+        return Grant(
+            hello.replica_id,
+            credential.allows,
+            credential=bound,
+            relay_key=self.public_key.raw,
+            proof=proof,
+            revocations=self.revocations(now),
+        )

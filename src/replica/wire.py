@@ -26,6 +26,8 @@ VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_BATCH = 10_000
 MAX_DOCUMENTS = 1_000
+#: The longest revocation list a hello or welcome may carry (characters).
+MAX_REVOCATIONS_CHARS = 1 << 20
 
 ROLES = ("device", "relay", "peer")
 MODES = ("once", "live")
@@ -53,6 +55,7 @@ class Hello:
     challenge: bytes | None = None
     proof: bytes | None = None
     device_key: bytes | None = None
+    revocations: str | None = None
     version: int = VERSION
 
 
@@ -70,6 +73,7 @@ class Welcome:
     proof: bytes | None = None
     credential: str | None = None
     relay_key: bytes | None = None
+    revocations: str | None = None
     version: int = VERSION
 
 
@@ -165,6 +169,7 @@ def encode(frame: Frame) -> bytes:
                     "chal": frame.challenge,
                     "proof": frame.proof,
                     "key": frame.device_key,
+                    "rev": frame.revocations,
                 }
             )
         )
@@ -185,6 +190,7 @@ def encode(frame: Frame) -> bytes:
                     "proof": frame.proof,
                     "cred": frame.credential,
                     "rkey": frame.relay_key,
+                    "rev": frame.revocations,
                 }
             )
         )
@@ -344,6 +350,7 @@ def _hello(body: dict[str, Any], _: int) -> Hello:
         challenge=_bytes(body, "chal"),
         proof=_bytes(body, "proof"),
         device_key=_bytes(body, "key", 32),
+        revocations=_str(body, "rev", optional=True, limit=MAX_REVOCATIONS_CHARS),
     )
 
 
@@ -376,6 +383,7 @@ def _welcome(body: dict[str, Any], _: int) -> Welcome:
         proof=_bytes(body, "proof"),
         credential=_str(body, "cred", optional=True, limit=16384),
         relay_key=_bytes(body, "rkey", 32),
+        revocations=_str(body, "rev", optional=True, limit=MAX_REVOCATIONS_CHARS),
     )
 
 

@@ -53,7 +53,7 @@ from replica.testing.clientids import ClientIds
 from replica.testing.ledger import Ledger, RelayRun, RunStart
 from replica.testing.links import ACK_PREFIX, Link, Node, canonical, describe, is_deltas, seed
 from replica.testing.strategies import Action, NetworkStep, RunPlan
-from replica.trust import BOUND_CREDENTIAL, DeviceTrust, RelayAuthority, pinned_relay_key
+from replica.trust import BOUND_CREDENTIAL, DeviceTrust, RelayAuthority, known_revocations, pinned_relay_key
 from replica.vv import VersionVector, covers, merge, of_deltas
 
 RELAY_ID = "relay-1"
@@ -97,8 +97,8 @@ class Fleet:
         self.now = 0.0
         self._numbers = 0
         self.relay_key = SigningKey.from_seed(seed("relay", RELAY_ID))
-        #: Replica ids whose credentials the relay revoked.
-        self.revoked: set[str] = set()
+        #: Replica id -> the relay's clock when the relay revoked its credentials.
+        self.revoked: dict[str, float] = {}
         self.authority = RelayAuthority(RELAY_ID, self.relay_key, revoked=self.revoked)
         #: Per device: the credential it was given (the relay binds it to the device's key).
         self.credentials: dict[str, str] = {}
@@ -470,14 +470,19 @@ class Fleet:
         if link.relay_facing:
             if node.role != "relay":
                 return ""  # the device checks the relay's key, which is the one it pinned
-            if other in self.revoked:
+            shown = self._read(presented)
+            if shown is not None and other in self.revoked and shown.issued_at <= self.revoked[other]:
                 return f"{other}'s credential is revoked"
             return self._unfit(other, presented, now, bound=False)
         for name in (node.name, other):
             if pinned_relay_key(self.replica(name)) is None:
                 return f"{name} has not synced with the relay yet: it has no relay key to check with"
         mine = self.replica(node.name).setting(BOUND_CREDENTIAL) or self.credentials[node.name]
-        return self._unfit(other, presented, now, bound=True) or self._unfit(node.name, mine, now, bound=True)
+        why = self._unfit(other, presented, now, bound=True) or self._unfit(node.name, mine, now, bound=True)
+        shown, known = self._read(presented), known_revocations(self.replica(node.name))
+        if not why and shown is not None and known is not None and known.revokes(shown):
+            why = f"{other}'s credential is revoked in the revocation list {node} holds"
+        return why
 
     def _unfit(self, name: str, token: str | None, now: float, *, bound: bool) -> str:
         """Why ``token`` does not let device ``name`` in at time ``now`` ("" if it does)."""
@@ -569,6 +574,20 @@ class Fleet:
             return
         session = link.near
         track.sent, track.received = session.sent, session.received
+        shown = self.ledger.published.get(link.initiator.name)
+        if (
+            not session.closed
+            and shown is not None
+            and (shown.progress.sent, shown.progress.received)
+            != (
+                session.sent,
+                session.received,
+            )
+        ):
+            self.ledger.violations.append(
+                f"{link.initiator} published progress sent {shown.progress.sent}, received "
+                f"{shown.progress.received}; its session has sent {session.sent}, received {session.received}"
+            )
         if session.completed and track.completed_at is None:
             track.completed_at = self.clock(link.initiator)
             track.refused = link.initiator.replica.status().rejected > 0  # counted right: invariant 4
@@ -648,20 +667,23 @@ class Fleet:
         return f"{name}'s clock is {skew:+.0f} s off"
 
     def revoke(self, device: str) -> None:
-        """The relay stops accepting ``device``'s credential (peers, offline, cannot know)."""
-        self.revoked.add(device)
+        """The relay stops accepting the credentials issued to ``device`` so
+        far; devices learn it from the relay's signed list, at their next relay
+        sync, and carry it to each other."""
+        self.revoked[device] = self.clock(self.relay)
 
     def restore(self, device: str) -> None:
         """The operator takes the revocation of ``device`` back."""
-        self.revoked.discard(device)
+        self.revoked.pop(device, None)
 
     def renew(self, device: str) -> str:
         """The operator issues ``device`` a new credential (the same documents,
         expiring ``LIFETIME`` after its last one), given to it for its next
         syncs; peers see it once the relay has bound it to the device's key."""
-        self.expires[device] += LIFETIME
+        now = self.clock(self.relay)  # issued by the relay: after any revocation it made
+        self.expires[device] = max(self.expires[device], now) + LIFETIME
         self.credentials[device] = self.relay_key.issue(
-            issuer=RELAY_ID, replica_id=device, documents=self.scope, expires_at=self.expires[device], now=self.now
+            issuer=RELAY_ID, replica_id=device, documents=self.scope, expires_at=self.expires[device], now=now
         )
         return f"{device} is given a new credential, expiring at {self.expires[device]:.0f}"
 
