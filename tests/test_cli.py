@@ -12,6 +12,7 @@ from replica.cli import main
 
 
 def test_status_of_a_new_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--data", str(tmp_path / "new")]) == 0
     assert main(["status", "--data", str(tmp_path / "new")]) == 0
     out = capsys.readouterr().out
     assert "Replica: r" in out and "Documents: 0" in out and "Data unsynced: 0" in out
@@ -41,6 +42,7 @@ def test_locked_data_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
 def test_console_script_runs(tmp_path: Path) -> None:
     command = shutil.which("replica") or ""
     args = [command] if command else [sys.executable, "-m", "replica.cli"]
+    Replica.open(tmp_path, replica_id="tablet-1").close()
     done = subprocess.run([*args, "status", "--data", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Data unsynced: 0" in done.stdout

@@ -1,42 +1,274 @@
 """The ``replica`` command line. The only module that prints or reads files
-and the environment on behalf of the library."""
+and the environment on behalf of the library.
+
+Theory of operation: every mistake a user can make on the command line (a
+missing file, a taken port, a malformed id, key or pattern, an extra not
+installed) becomes a :class:`~replica.errors.ReplicaError` at the point where
+the input is read, and :func:`main` prints it as one line, ``Error [code]:
+message (whether retrying helps)``, and exits 1 if retrying can help, 2 if it
+cannot. Argument types raise it from inside ``parse_args`` (argparse lets
+exceptions other than ``ValueError``/``TypeError`` through), and argparse's own
+complaints go through :meth:`_Parser.error`, so a user's mistake never shows a
+traceback.
+
+A device's data directory is created only by ``replica init``: every other
+command that works on a device refuses a directory that holds no replica, so
+that a mistyped path never becomes a new identity. (``Replica.open`` in Python
+still creates directories; ``replica relay`` creates the relay's.)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import importlib.util
+import json
+import os
+import shlex
 import signal
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, NoReturn
 
+from replica import __version__, registry
+from replica.credentials import MAX_PATTERN_CHARS, PATTERN_RULE, PublicKey
 from replica.errors import ErrorInfo, ReplicaError
+from replica.names import check_replica_id
 from replica.replica import Replica
 from replica.status import SyncState, SyncStatus
 
 #: Exit codes: 0 done, 1 failed but retrying can help, 2 failed for good.
 EXIT_RETRY = 1
 EXIT_FAIL = 2
-REPLICA_ID_HELP = "the device's replica id, used when the data directory is created (checked otherwise)"
+EXIT_CODES = """Exit codes:
+  0  done
+  1  failed; retrying can help (the relay was unreachable, the data directory busy)
+  2  failed; retrying will not help (a mistake to correct, or a decision for an operator)"""
+#: Environment variables read as defaults (an option on the command line wins).
+ENV_DATA = "REPLICA_DATA"  #: --data of the commands that work on a device (never the relay's)
+ENV_RELAY = "REPLICA_RELAY"  #: --relay of ``replica sync``
+ENV_CREDENTIAL = "REPLICA_CREDENTIAL"  #: --credential of ``replica sync`` (a file)
+REPLICA_ID_HELP = "the device's replica id (checked against the data directory's)"
+#: The file LMDB keeps a data directory's log in: a directory without it holds no replica.
+_LMDB_DATA = "data.mdb"
+
+
+def _error(code: str, message: str, *, retryable: bool = False) -> ReplicaError:
+    return ReplicaError(message, code=code, retryable=retryable)
+
+
+# -- what the user typed -----------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise _error("bad_port", f"port {text!r} is not valid: use a number from 1 to 65535, or 0 to pick a free one")
+    return port
+
+
+def _replica_id(text: str) -> str:
+    try:
+        return check_replica_id(text)
+    except ValueError as exc:
+        raise _error("bad_replica_id", str(exc)) from None
+
+
+def _docs_pattern(text: str) -> str:
+    # The rule of replica.credentials (PATTERN_RULE), checked here to name the pattern at fault.
+    if not (0 < len(text) <= MAX_PATTERN_CHARS and text.isprintable() and not any(c.isspace() for c in text)):
+        raise _error("bad_docs_pattern", f"invalid document pattern {text!r} in --docs: {PATTERN_RULE}")
+    return text
+
+
+def _device_key(text: str) -> PublicKey:
+    try:
+        return PublicKey.from_text(text)
+    except ValueError as exc:
+        raise _error(
+            "bad_device_key", f"--device-key: {exc}; print it on the device with `replica peer key --data DIR`"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e9:
+        raise _error("bad_timeout", f"{text!r} is not a number of seconds above 0")
+    return seconds
+
+
+def _device_dir(args: argparse.Namespace) -> Path:
+    """The data directory of an existing device, or a ``no_data_dir`` error with the command that creates one."""
+    path = Path(args.data)
+    if (path / _LMDB_DATA).is_file():
+        return path
+    init = f"`replica init --data {shlex.quote(str(path))} --replica-id {getattr(args, 'replica_id', None) or 'ID'}`"
+    if not path.exists():
+        raise _error("no_data_dir", f"no data directory at {path}; check the path, or create a device with {init}")
+    if not path.is_dir():
+        raise _error("no_data_dir", f"{path} is a file, not a data directory; check the path")
+    if any(path.iterdir()):
+        raise _error("no_data_dir", f"{path} is not a device's data directory (it holds no replica); check the path")
+    raise _error("no_data_dir", f"no data directory at {path} (the folder is empty); create a device with {init}")
+
+
+def _open_device(args: argparse.Namespace) -> Replica:
+    return Replica.open(_device_dir(args), replica_id=getattr(args, "replica_id", None))
+
+
+def _relay_dir(args: argparse.Namespace) -> Path:
+    """The data directory of a relay that was started before (it holds the relay's key)."""
+    from replica.relay import KEY_FILE
+
+    path = Path(args.data)
+    if not (path / KEY_FILE).is_file():
+        start = f"`replica relay --data {shlex.quote(str(path))}`"
+        raise _error(
+            "no_data_dir",
+            f"no relay data directory at {path} (no {KEY_FILE}); check the path, or start the relay once with {start}",
+        )
+    return path
+
+
+def _read_credential(name: str) -> str:
+    path = Path(name)
+    ask = f"ask the relay operator for one (`replica relay issue-credential ... > {shlex.quote(name)}`)"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise _error("credential_missing", f"no credential file at {path}; check the path, or {ask}") from None
+    except OSError as exc:
+        raise _error("credential_unreadable", f"cannot read the credential file {path}: {exc.strerror}") from None
+    if not token:
+        raise _error("credential_missing", f"the credential file {path} is empty; {ask}")
+    return token
+
+
+def _listen_error(exc: OSError, host: str, port: int) -> ReplicaError:
+    if exc.errno == errno.EADDRINUSE:
+        return _error(
+            "port_in_use",
+            f"port {port} on {host} is already in use (another relay, peer server or program listens there); "
+            "stop it, or choose another port with --port",
+        )
+    if exc.errno == errno.EACCES:
+        return _error(
+            "port_not_permitted", f"this user may not listen on port {port}; choose one above 1023 with --port"
+        )
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return _error("bad_host", f"cannot listen on {host!r}: not an address of this machine; check --host")
+    return _error("cannot_listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _require_discovery(instead: str) -> None:
+    """Fail before anything starts when the ``discovery`` extra (zeroconf) is not installed."""
+    if importlib.util.find_spec("zeroconf") is None:
+        raise _error(
+            "discovery_not_installed",
+            "finding peers on the local network needs the discovery extra (zeroconf): "
+            f"pip install 'replica[discovery]' ({instead})",
+        )
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value), flush=True)
+
+
+def _status_json(replica_id: str, status: SyncStatus) -> dict[str, Any]:
+    return {"replica_id": replica_id, **asdict(status), "state": status.state.value, "label": status.label}
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets (a clean stop); call it inside the running loop."""
+    stop = asyncio.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(number, stop.set)
+    return stop
+
+
+# -- device ------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    path = Path(args.data)
+    if (path / _LMDB_DATA).is_file():
+        raise _error(
+            "replica_exists",
+            f"{path} already holds a device's data; nothing was changed (use it as it is, or choose another "
+            "directory for a new device)",
+        )
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise _error(
+            "data_dir_not_empty", f"{path} exists and holds no replica; choose a new or empty directory for the device"
+        )
+    with Replica.open(path, replica_id=args.replica_id) as replica:
+        print(f"Created device {replica.id} in {path}")
+        print(f"Next: replica sync --data {shlex.quote(str(path))} --relay URL --credential FILE")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    with Replica.open(args.data, replica_id=args.replica_id) as replica:
-        print(f"Replica: {replica.id}")
-        print(f"Data directory: {args.data}")
+    with _open_device(args) as replica:
         names = replica.documents()
-        print(f"Documents: {len(names)}")
+        documents: list[dict[str, Any]] = []
         for name in names:
             contents = replica.doc(name).contents()
-            parts = [f"{c}: {len(rows)} records" for c, rows in contents["records"].items()]
-            parts += [f"text {t}: {len(s)} characters" for t, s in contents["texts"].items()]
-            print(f"  {name}  ({', '.join(parts) or 'empty'})")
+            records = {c: len(rows) for c, rows in contents["records"].items()}
+            texts = {t: len(s) for t, s in contents["texts"].items()}
+            documents.append({"name": name, "records": records, "texts": texts})
         status = replica.status()
+        if args.json:
+            _print_json({"data": str(args.data), "documents": documents, **_status_json(replica.id, status)})
+            return 0
+        print(f"Replica: {replica.id}")
+        print(f"Data directory: {args.data}")
+        print(f"Documents: {len(names)}")
+        for doc in documents:
+            parts = [f"{c}: {n} records" for c, n in doc["records"].items()]
+            parts += [f"text {t}: {n} characters" for t, n in doc["texts"].items()]
+            print(f"  {doc['name']}  ({', '.join(parts) or 'empty'})")
         if status.last_synced_at is not None:
             print(f"Last synced: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.last_synced_at))}")
         for line in status.lines:
             print(line)
+    return 0
+
+
+def _credential_show(args: argparse.Namespace) -> int:
+    from replica.credentials import CredentialError
+    from replica.trust import BOUND_CREDENTIAL, GIVEN_CREDENTIAL, pinned_relay_key
+
+    with _open_device(args) as replica:
+        relay_key = pinned_relay_key(replica)
+        print(f"Replica: {replica.id}")
+        print(f"Relay key: {relay_key.key_id if relay_key else 'not pinned yet (sync with the relay once)'}")
+        for label, setting in (("Given", GIVEN_CREDENTIAL), ("Bound to this device's key", BOUND_CREDENTIAL)):
+            token = replica.setting(setting)
+            if token is None:
+                print(f"{label}: none")
+                continue
+            if relay_key is None:
+                print(f"{label}: held, not checked (this device has no relay key to check it with yet)")
+                continue
+            try:
+                credential = relay_key.verify(token)
+            except CredentialError as exc:
+                print(f"{label}: not valid for this device's relay: {exc.message}")
+                continue
+            print(f"{label}:")
+            for line in credential.summary(now=time.time()):
+                print(f"  {line}")
     return 0
 
 
@@ -47,17 +279,26 @@ def _relay(args: argparse.Namespace) -> int:
     from replica.relay import Relay
 
     if args.data is None:
-        raise SystemExit("replica relay: --data DIR is required")
+        raise _error("bad_usage", "replica relay: --data DIR is required (the relay's data directory)")
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(number, stop.set)
-        async with Relay(args.data, host=args.host, port=args.port) as relay:
+        stop = _stop_on_signals()
+        try:
+            relay = Relay(args.data, host=args.host, port=args.port)
+        except OSError as exc:
+            raise _error(
+                "data_dir_error", f"cannot use the relay's data directory {args.data}: {exc.strerror}"
+            ) from None
+        try:
+            await relay.start()
+        except OSError as exc:
+            raise _listen_error(exc, args.host, args.port) from None
+        try:
             print(f"Relay {relay.replica_id} listening on {relay.url}", flush=True)
             print(f"Public key: {relay.public_key.to_text()}", flush=True)
             await stop.wait()
+        finally:
+            await relay.stop()
         print("Relay stopped; everything acknowledged is on disk.", flush=True)
 
     asyncio.run(serve())
@@ -65,34 +306,69 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _issue_credential(args: argparse.Namespace) -> int:
-    from replica.credentials import PublicKey, parse_expiry
+    from replica.credentials import parse_expiry
     from replica.relay import relay_identity
 
     now = time.time()
     try:
         expires_at = parse_expiry(args.expires, now=now)
     except ValueError as exc:
-        raise SystemExit(f"replica relay issue-credential: {exc}") from exc
-    relay_id, key = relay_identity(args.data)
-    device_key = PublicKey.from_text(args.device_key).raw if args.device_key else None
-    token = key.issue(
-        issuer=relay_id,
-        replica_id=args.replica_id,
-        documents=args.docs,
-        expires_at=expires_at,
-        now=now,
-        device_key=device_key,
-    )
+        raise _error("bad_expiry", str(exc)) from None
+    relay_id, key = relay_identity(_relay_dir(args))
+    try:
+        token = registry.issue_credential(
+            _relay_dir(args),
+            key,
+            issuer=relay_id,
+            replica_id=args.replica_id,
+            documents=args.docs,
+            expires_at=expires_at,
+            now=now,
+            device_key=None if args.device_key is None else args.device_key.raw,
+        )
+    except ValueError as exc:
+        raise _error("credential_not_issued", f"no credential was issued: {exc}") from None
     print(token)
     expiry = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
     print(f"Credential for {args.replica_id} on {' '.join(args.docs)}, valid until {expiry}", file=sys.stderr)
     return 0
 
 
+def _revoke(args: argparse.Namespace) -> int:
+    folder = _relay_dir(args)
+    if args.undo:
+        found = registry.restore(folder, args.replica_id)
+        print(f"{args.replica_id}: revocation taken back" if found else f"{args.replica_id} was not revoked")
+        return 0
+    when = registry.revoke(folder, args.replica_id)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+    print(f"{args.replica_id}: every credential issued until {stamp} is revoked; it is refused at its next sync")
+    print("Devices learn of it at their next relay sync and carry it to their peers.", file=sys.stderr)
+    return 0
+
+
+def _issued(args: argparse.Namespace) -> int:
+    folder = _relay_dir(args)
+    revoked = registry.Revocations(folder)
+    entries = registry.issued(folder)
+    if args.json:
+        _print_json({"issued": entries, "revoked": dict(revoked)})
+        return 0
+    for entry in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["expires_at"]))
+        cut = revoked.get(entry["replica_id"])
+        state = " (revoked)" if cut is not None and entry["issued_at"] <= cut else ""
+        bound = f", bound to key {entry['device_key']}" if entry["device_key"] else ""
+        print(f"{entry['replica_id']}: {' '.join(entry['documents'])}, until {stamp}{bound}{state}")
+    if not entries:
+        print("No credential was issued by this relay yet.")
+    return 0
+
+
 def _public_key(args: argparse.Namespace) -> int:
     from replica.relay import relay_identity
 
-    _, key = relay_identity(args.data)
+    _, key = relay_identity(_relay_dir(args))
     print(key.public_key().to_text())
     return 0
 
@@ -101,13 +377,17 @@ def _public_key(args: argparse.Namespace) -> int:
 
 
 def _peer_serve(args: argparse.Namespace) -> int:
+    if args.advertise:
+        _require_discovery("or serve without --advertise")
+    path = _device_dir(args)
+
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(number, stop.set)
-        with Replica.open(args.data, replica_id=args.replica_id) as replica:
-            server = await replica.serve_peers(args.host, args.port)
+        stop = _stop_on_signals()
+        with Replica.open(path, replica_id=args.replica_id) as replica:
+            try:
+                server = await replica.serve_peers(args.host, args.port)
+            except OSError as exc:
+                raise _listen_error(exc, args.host, args.port) from None
             print(f"Device {replica.id} serving peers on {server.url}", flush=True)
             advertiser = None
             if args.advertise:
@@ -135,12 +415,21 @@ def _peer_serve(args: argparse.Namespace) -> int:
 
 
 def _peer_trust(args: argparse.Namespace) -> int:
-    from replica.credentials import PublicKey
     from replica.trust import pin_relay_key
 
-    text = Path(args.relay_key).read_text().strip() if Path(args.relay_key).is_file() else args.relay_key
-    key = PublicKey.from_text(text)
-    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+    source = Path(args.relay_key)
+    try:
+        text = source.read_text().strip() if source.is_file() else args.relay_key
+    except OSError as exc:
+        raise _error("bad_relay_key", f"cannot read the relay key file {source}: {exc.strerror}") from None
+    try:
+        key = PublicKey.from_text(text)
+    except ValueError as exc:
+        raise _error(
+            "bad_relay_key",
+            f"--relay-key: {exc} (nor a file holding one); give what `replica relay public-key --data DIR` prints",
+        ) from None
+    with _open_device(args) as replica:
         pin_relay_key(replica, key, replace=args.replace)
         print(f"Device {replica.id} now trusts relay key {key.key_id} ({key.to_text()})")
     return 0
@@ -149,14 +438,17 @@ def _peer_trust(args: argparse.Namespace) -> int:
 def _peer_key(args: argparse.Namespace) -> int:
     from replica.trust import device_key
 
-    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+    with _open_device(args) as replica:
         print(device_key(replica).public_key().to_text())
     return 0
 
 
 def _peer_list(args: argparse.Namespace) -> int:
-    with Replica.open(args.data, replica_id=args.replica_id) as replica:
+    with _open_device(args) as replica:
         peers = replica.peers()
+        if args.json:
+            _print_json({"replica_id": replica.id, "peers": [asdict(peer) for peer in peers.values()]})
+            return 0
         if not peers:
             print("No peer syncs yet.")
         for peer in peers.values():
@@ -171,12 +463,13 @@ def _peer_list(args: argparse.Namespace) -> int:
 
 
 def _peer_discover(args: argparse.Namespace) -> int:
+    _require_discovery("or give the peer's URL to `replica sync --peer` yourself")
     from replica import discovery
     from replica.trust import pinned_relay_key
 
     relay_key_id = None
     if args.data:
-        with Replica.open(args.data) as replica:
+        with _open_device(args) as replica:
             key = pinned_relay_key(replica)
             relay_key_id = None if key is None else key.key_id
     peers = asyncio.run(discovery.discover(timeout=args.timeout, relay_key_id=relay_key_id))
@@ -191,37 +484,43 @@ def _peer_discover(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    credential = Path(args.credential).read_text().strip() if args.credential else None
+    path = _device_dir(args)
+    credential = _read_credential(args.credential) if args.credential else None
 
     async def run() -> SyncStatus:
-        with Replica.open(args.data, replica_id=args.replica_id) as replica:
-            show = _Progress()
-            unsubscribe = replica.subscribe(show)
+        with Replica.open(path, replica_id=args.replica_id) as replica:
+            show: _Progress | _JsonLines = _JsonLines(replica.id, args.peer) if args.json else _Progress()
+            unsubscribe = replica.subscribe(show) if args.live or not args.json else lambda: None
             try:
-                return await replica.sync(
+                final = await replica.sync(
                     args.relay, credential=credential, live=args.live, timeout=args.timeout, peer=args.peer
                 )
             finally:
                 unsubscribe()
                 show.end()
+            show(final, last=True)
+            return final
 
     try:
         final = asyncio.run(run())
     except KeyboardInterrupt:
         print("Sync stopped.", file=sys.stderr)
         return EXIT_RETRY
+    error = final.error or ErrorInfo("unknown", "the sync stopped without an outcome", True)
+    code = 0 if final.state is SyncState.SYNCED else EXIT_RETRY if error.retryable else EXIT_FAIL
+    if args.json:
+        return code
     if final.state is SyncState.SYNCED:
         print("Data Synced" if not args.peer else "Synced with the peer")
         for line in final.lines[1:]:
             print(line)
         return 0
-    error = final.error or ErrorInfo("unknown", "the sync stopped without an outcome", True)
     print(f"Sync Failed: {error.message} [{error.code}]")
     print("Retrying can help." if error.retryable else "Retrying will not help; this needs an operator.")
     print(f"Data unsynced: {final.unsynced}")
     for line in final.refusal_lines:
         print(line)
-    return EXIT_RETRY if error.retryable else EXIT_FAIL
+    return code
 
 
 class _Progress:
@@ -233,9 +532,9 @@ class _Progress:
         self.last = 0.0
         self.shown = ""
 
-    def __call__(self, status: SyncStatus) -> None:
+    def __call__(self, status: SyncStatus, *, last: bool = False) -> None:
         p = status.progress
-        if status.state is not SyncState.SYNCING or not (p.to_send or p.to_receive):
+        if last or status.state is not SyncState.SYNCING or not (p.to_send or p.to_receive):
             return
         line = f"Sync in Progress: sent {p.sent}/{p.to_send}, received {p.received}/{p.to_receive}"
         now = time.monotonic()
@@ -249,111 +548,197 @@ class _Progress:
             print(file=sys.stderr)
 
 
+class _JsonLines:
+    """``--json``: one JSON object per line on stdout for each status change
+    (``--live``) and for the final status, never the same object twice in a row.
+    With ``--peer`` only the final one: the status changes are the relay's."""
+
+    def __init__(self, replica_id: str, peer: bool) -> None:
+        self.replica_id = replica_id
+        self.peer = peer
+        self.shown: dict[str, Any] | None = None
+
+    def __call__(self, status: SyncStatus, *, last: bool = False) -> None:
+        if self.peer and not last:
+            return
+        value = {**_status_json(self.replica_id, status), "peer": self.peer}
+        if value != self.shown:
+            _print_json(value)
+            self.shown = value
+
+    def end(self) -> None:
+        pass
+
+
 # -- parser ------------------------------------------------------------------
 
 
-def _credential_show(args: argparse.Namespace) -> int:
-    from replica.credentials import CredentialError
-    from replica.trust import BOUND_CREDENTIAL, GIVEN_CREDENTIAL, pinned_relay_key
+class _Parser(argparse.ArgumentParser):
+    """Argparse's complaints become one-line ``bad_usage`` errors, like every other mistake."""
 
-    with Replica.open(args.data, replica_id=args.replica_id) as replica:
-        relay_key = pinned_relay_key(replica)
-        print(f"Replica: {replica.id}")
-        print(f"Relay key: {relay_key.key_id if relay_key else 'not pinned yet (sync with the relay once)'}")
-        for label, setting in (("Given", GIVEN_CREDENTIAL), ("Bound to this device's key", BOUND_CREDENTIAL)):
-            token = replica.setting(setting)
-            if token is None:
-                print(f"{label}: none")
-                continue
-            if relay_key is None:
-                print(f"{label}: held, not checked (this device has no relay key to check it with yet)")
-                continue
-            try:
-                credential = relay_key.verify(token)
-            except CredentialError as exc:
-                print(f"{label}: not valid for this device's relay: {exc.message}")
-                continue
-            print(f"{label}:")
-            for line in credential.summary(now=time.time()):
-                print(f"  {line}")
-    return 0
+    def error(self, message: str) -> NoReturn:
+        raise _error("bad_usage", f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="replica", description="CRDT replication for devices that work offline.")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless it has none), and the epilog's examples as written."""
 
-    status = commands.add_parser("status", help="show the replica id, its documents and what is not yet synced")
-    status.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
-    status.add_argument("--replica-id", help=REPLICA_ID_HELP)
-    status.set_defaults(run=_status)
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not hidden and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
-    relay = commands.add_parser("relay", help="run the relay server (or manage its credentials)")
+
+def _command(
+    group: Any, path: str, summary: str, run: Callable[[argparse.Namespace], int] | None = None
+) -> argparse.ArgumentParser:
+    """Subcommand ``path`` (e.g. "peer list") whose ``--help`` shows defaults, its example and the exit codes."""
+    command: argparse.ArgumentParser = group.add_parser(
+        path.split()[-1],
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"Example:\n  {EXAMPLES[path]}\n\n{EXIT_CODES}",
+        formatter_class=_HelpFormatter,
+    )
+    if run is not None:
+        command.set_defaults(run=run)
+    return command
+
+
+def _device_options(
+    command: argparse.ArgumentParser, env: Mapping[str, str], *, required: bool = True, id_help: str = REPLICA_ID_HELP
+) -> None:
+    data, help = env.get(ENV_DATA) or None, f"the device's data directory (or set {ENV_DATA})"
+    command.add_argument("--data", required=required and data is None, default=data, metavar="DIR", help=help)
+    command.add_argument("--replica-id", type=_replica_id, help=id_help)
+
+
+EXAMPLES = {
+    "init": "replica init --data ./tablet-7 --replica-id tablet-7",
+    "status": "replica status --data ./tablet-7",
+    "sync": "replica sync --data ./tablet-7 --relay ws://127.0.0.1:8765 --credential tablet-7.cred",
+    "credential": "replica credential show --data ./tablet-7",
+    "credential show": "replica credential show --data ./tablet-7",
+    "relay": "replica relay --data ./relay-data --host 0.0.0.0",
+    "relay issue-credential": (
+        "replica relay issue-credential --data ./relay-data --replica-id tablet-7 --docs 'campaign-7/*' > tablet-7.cred"
+    ),
+    "relay public-key": "replica relay public-key --data ./relay-data > relay.pub",
+    "relay revoke": "replica relay revoke --data ./relay-data --replica-id tablet-7",
+    "relay issued": "replica relay issued --data ./relay-data",
+    "peer": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
+    "peer serve": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
+    "peer discover": "replica peer discover --data ./phone-3",
+    "peer trust": "replica peer trust --data ./phone-3 --relay-key relay.pub",
+    "peer key": "replica peer key --data ./phone-3",
+    "peer list": "replica peer list --data ./phone-3 --json",
+}
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``replica`` parser; ``environ`` (default ``os.environ``) gives the ``REPLICA_*`` defaults."""
+    env = os.environ if environ is None else environ
+    examples = "\n".join(f"  {line}" for line in dict.fromkeys(EXAMPLES.values()))
+    parser = _Parser(
+        prog="replica",
+        description="CRDT replication for devices that work offline.",
+        epilog=f"Examples:\n{examples}\n\nEnvironment (an option on the command line wins):\n"
+        f"  {ENV_DATA}        --data of the commands on a device (never the relay's)\n"
+        f"  {ENV_RELAY}       --relay of `replica sync`\n"
+        f"  {ENV_CREDENTIAL}  --credential of `replica sync` (a file)\n\n{EXIT_CODES}",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"replica {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init = _command(commands, "init", "create a device's data directory", _init)
+    _device_options(init, env, id_help="the new device's replica id (default: a random one)")
+
+    status = _command(commands, "status", "show the replica id, its documents and what is not yet synced", _status)
+    _device_options(status, env)
+    json_help = "print one JSON object: replica id, documents, unsynced, rejected, state, error, last synced"
+    status.add_argument("--json", action="store_true", help=json_help)
+
+    relay = _command(commands, "relay", "run the relay server (or manage its credentials)", _relay)
     relay.add_argument("--data", metavar="DIR", help="the relay's data directory (created if missing)")
-    relay.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    relay.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks one)")
-    relay.set_defaults(run=_relay)
-    relay_commands = relay.add_subparsers(dest="relay_command")
-    issue = relay_commands.add_parser("issue-credential", help="print a credential signed by this relay")
+    relay.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    relay.add_argument("--port", type=_port, default=8765, help="port to listen on (0 picks a free one)")
+    relay_commands = relay.add_subparsers(dest="relay_command", metavar="COMMAND")
+    issue = _command(
+        relay_commands, "relay issue-credential", "print a credential signed by this relay", _issue_credential
+    )
     issue.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
-    issue.add_argument("--replica-id", required=True, help="the device's replica id")
-    issue.add_argument("--docs", required=True, nargs="+", metavar="PATTERN", help="document patterns, e.g. 'c7/*'")
-    issue.add_argument("--expires", default="30d", help="a duration (30d, 12h) or an ISO date (default 30d)")
-    issue.add_argument("--device-key", help="the device's public key (ed25519:...), to bind the credential to it")
-    issue.set_defaults(run=_issue_credential)
-    public = relay_commands.add_parser("public-key", help="print the relay's public key (for devices to pin)")
+    issue.add_argument("--replica-id", required=True, type=_replica_id, help="the device's replica id")
+    patterns = "document patterns, e.g. 'c7/*'"
+    issue.add_argument("--docs", required=True, nargs="+", type=_docs_pattern, metavar="PATTERN", help=patterns)
+    issue.add_argument("--expires", default="30d", help="a duration (30d, 12h) or a UTC date (2026-12-01)")
+    bind = "the device's public key (ed25519:...), to bind the credential to it"
+    issue.add_argument("--device-key", type=_device_key, help=bind)
+    public = _command(
+        relay_commands, "relay public-key", "print the relay's public key (for devices to pin)", _public_key
+    )
     public.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
-    public.set_defaults(run=_public_key)
+    revoke = _command(relay_commands, "relay revoke", "revoke every credential issued to a device so far", _revoke)
+    revoke.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    revoke.add_argument("--replica-id", required=True, type=_replica_id, help="the device's replica id")
+    revoke.add_argument("--undo", action="store_true", help="take the revocation back")
+    issued = _command(relay_commands, "relay issued", "list the credentials this relay issued", _issued)
+    issued.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    issued.add_argument("--json", action="store_true", help="one JSON object")
 
-    sync = commands.add_parser("sync", help="sync a data directory with a relay")
-    sync.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
-    sync.add_argument("--replica-id", help=REPLICA_ID_HELP)
-    sync.add_argument("--relay", required=True, metavar="URL", help="the relay, e.g. ws://127.0.0.1:8765")
-    sync.add_argument("--credential", metavar="FILE", help="file holding the credential (default: the last used)")
+    sync = _command(commands, "sync", "sync a data directory with a relay (or a peer)", _sync)
+    _device_options(sync, env)
+    url, credential_file = env.get(ENV_RELAY) or None, env.get(ENV_CREDENTIAL) or None
+    relay_help = f"the relay, e.g. ws://127.0.0.1:8765 (or set {ENV_RELAY})"
+    sync.add_argument("--relay", required=url is None, default=url, metavar="URL", help=relay_help)
+    file_help = f"file holding the credential (or set {ENV_CREDENTIAL}; without either: the last one given)"
+    sync.add_argument("--credential", default=credential_file, metavar="FILE", help=file_help)
     sync.add_argument("--live", action="store_true", help="stay connected and sync continuously")
     sync.add_argument("--peer", action="store_true", help="the URL is another device serving peers, not the relay")
-    sync.add_argument("--timeout", type=float, default=30.0, help="seconds without an answer before failing")
-    sync.set_defaults(run=_sync)
+    sync.add_argument("--timeout", type=_seconds, default=30.0, help="seconds without an answer before failing")
+    json_help = "print the final status as a JSON object (with --live: one per status change, one per line)"
+    sync.add_argument("--json", action="store_true", help=json_help)
 
-    credential = commands.add_parser("credential", help="this device's credentials")
-    credential_commands = credential.add_subparsers(dest="credential_command", required=True)
-    show = credential_commands.add_parser("show", help="the credential given to this device and the one bound to it")
-    show.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
-    show.add_argument("--replica-id", help=REPLICA_ID_HELP)
-    show.set_defaults(run=_credential_show)
+    credential = _command(commands, "credential", "this device's credentials")
+    credential_commands = credential.add_subparsers(dest="credential_command", metavar="COMMAND", required=True)
+    summary = "the credential given to this device and the one bound to it"
+    _device_options(_command(credential_commands, "credential show", summary, _credential_show), env)
 
-    peer = commands.add_parser("peer", help="sync with other devices in the field")
-    peer_commands = peer.add_subparsers(dest="peer_command", required=True)
-    serve = peer_commands.add_parser("serve", help="accept peers until Ctrl-C")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
-    serve.add_argument("--port", type=int, default=8766, help="port to listen on (default 8766; 0 picks one)")
+    peer = _command(commands, "peer", "sync with other devices in the field")
+    peer_commands = peer.add_subparsers(dest="peer_command", metavar="COMMAND", required=True)
+    serve = _command(peer_commands, "peer serve", "accept peers until Ctrl-C", _peer_serve)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=_port, default=8766, help="port to listen on (0 picks a free one)")
     serve.add_argument("--advertise", action="store_true", help="advertise on the local network (mDNS)")
-    serve.set_defaults(run=_peer_serve)
-    discover = peer_commands.add_parser("discover", help="list peers advertised on the local network (mDNS)")
-    discover.add_argument("--data", metavar="DIR", help="only peers vouched for by this device's relay")
-    discover.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
-    discover.set_defaults(run=_peer_discover)
-    trust = peer_commands.add_parser("trust", help="pin the relay's public key (from `replica relay public-key`)")
+    discover = _command(
+        peer_commands, "peer discover", "list peers advertised on the local network (mDNS)", _peer_discover
+    )
+    _device_options(discover, env, required=False)
+    discover.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to listen")
+    trust = _command(
+        peer_commands, "peer trust", "pin the relay's public key (`replica relay public-key`)", _peer_trust
+    )
     trust.add_argument("--relay-key", required=True, metavar="KEY_OR_FILE", help="ed25519:... or a file holding it")
     trust.add_argument("--replace", action="store_true", help="replace a different key pinned before")
-    trust.set_defaults(run=_peer_trust)
-    key = peer_commands.add_parser("key", help="print this device's public key (to bind a credential to it)")
-    key.set_defaults(run=_peer_key)
-    listing = peer_commands.add_parser("list", help="show the peers this device synced with")
-    listing.set_defaults(run=_peer_list)
+    key = _command(peer_commands, "peer key", "print this device's public key (to bind a credential to it)", _peer_key)
+    listing = _command(peer_commands, "peer list", "show the peers this device synced with", _peer_list)
+    listing.add_argument("--json", action="store_true", help="print one JSON object: the replica id and its peers")
     for command in (serve, trust, key, listing):
-        command.add_argument("--data", required=True, metavar="DIR", help="the device's data directory")
-        command.add_argument("--replica-id", help=REPLICA_ID_HELP)
+        _device_options(command, env)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``replica ARGV``; the exit status (0 done, 1 retrying can help, 2 it cannot)."""
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.run(args)
     except ReplicaError as exc:
         hint = "retrying may help" if exc.retryable else "retrying will not help"
-        print(f"Error [{exc.code}]: {exc.message} ({hint})", file=sys.stderr)
+        message = " ".join(exc.message.split())  # one line, whatever the message holds
+        print(f"Error [{exc.code}]: {message} ({hint})", file=sys.stderr)
         return EXIT_RETRY if exc.retryable else EXIT_FAIL
     return code
 
