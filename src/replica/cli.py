@@ -21,13 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import importlib.util
-import json
 import os
 import shlex
-import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,12 +30,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from replica import __version__, registry
-from replica.credentials import MAX_PATTERN_CHARS, PATTERN_RULE, PublicKey
+from replica import __version__, cli_input, registry
+from replica.credentials import PublicKey
 from replica.errors import ErrorInfo, ReplicaError
-from replica.names import check_replica_id
 from replica.replica import Replica
 from replica.status import SyncState, SyncStatus
+from replica.store.lmdb import holds_store
 
 #: Exit codes: 0 done, 1 failed but retrying can help, 2 failed for good.
 EXIT_RETRY = 1
@@ -54,147 +49,6 @@ ENV_DATA = "REPLICA_DATA"  #: --data of the commands that work on a device (neve
 ENV_RELAY = "REPLICA_RELAY"  #: --relay of ``replica sync``
 ENV_CREDENTIAL = "REPLICA_CREDENTIAL"  #: --credential of ``replica sync`` (a file)
 REPLICA_ID_HELP = "the device's replica id (checked against the data directory's)"
-#: The file LMDB keeps a data directory's log in: a directory without it holds no replica.
-_LMDB_DATA = "data.mdb"
-
-
-def _error(code: str, message: str, *, retryable: bool = False) -> ReplicaError:
-    return ReplicaError(message, code=code, retryable=retryable)
-
-
-# -- what the user typed -----------------------------------------------------
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise _error("bad_port", f"port {text!r} is not valid: use a number from 1 to 65535, or 0 to pick a free one")
-    return port
-
-
-def _replica_id(text: str) -> str:
-    try:
-        return check_replica_id(text)
-    except ValueError as exc:
-        raise _error("bad_replica_id", str(exc)) from None
-
-
-def _docs_pattern(text: str) -> str:
-    # The rule of replica.credentials (PATTERN_RULE), checked here to name the pattern at fault.
-    if not (0 < len(text) <= MAX_PATTERN_CHARS and text.isprintable() and not any(c.isspace() for c in text)):
-        raise _error("bad_docs_pattern", f"invalid document pattern {text!r} in --docs: {PATTERN_RULE}")
-    return text
-
-
-def _device_key(text: str) -> PublicKey:
-    try:
-        return PublicKey.from_text(text)
-    except ValueError as exc:
-        raise _error(
-            "bad_device_key", f"--device-key: {exc}; print it on the device with `replica peer key --data DIR`"
-        ) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e9:
-        raise _error("bad_timeout", f"{text!r} is not a number of seconds above 0")
-    return seconds
-
-
-def _device_dir(args: argparse.Namespace) -> Path:
-    """The data directory of an existing device, or a ``no_data_dir`` error with the command that creates one."""
-    path = Path(args.data)
-    if (path / _LMDB_DATA).is_file():
-        return path
-    init = f"`replica init --data {shlex.quote(str(path))} --replica-id {getattr(args, 'replica_id', None) or 'ID'}`"
-    if not path.exists():
-        raise _error("no_data_dir", f"no data directory at {path}; check the path, or create a device with {init}")
-    if not path.is_dir():
-        raise _error("no_data_dir", f"{path} is a file, not a data directory; check the path")
-    if any(path.iterdir()):
-        raise _error("no_data_dir", f"{path} is not a device's data directory (it holds no replica); check the path")
-    raise _error("no_data_dir", f"no data directory at {path} (the folder is empty); create a device with {init}")
-
-
-def _open_device(args: argparse.Namespace) -> Replica:
-    return Replica.open(_device_dir(args), replica_id=getattr(args, "replica_id", None))
-
-
-def _relay_dir(args: argparse.Namespace) -> Path:
-    """The data directory of a relay that was started before (it holds the relay's key)."""
-    from replica.relay import KEY_FILE
-
-    path = Path(args.data)
-    if not (path / KEY_FILE).is_file():
-        start = f"`replica relay --data {shlex.quote(str(path))}`"
-        raise _error(
-            "no_data_dir",
-            f"no relay data directory at {path} (no {KEY_FILE}); check the path, or start the relay once with {start}",
-        )
-    return path
-
-
-def _read_credential(name: str) -> str:
-    path = Path(name)
-    ask = f"ask the relay operator for one (`replica relay issue-credential ... > {shlex.quote(name)}`)"
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        raise _error("credential_missing", f"no credential file at {path}; check the path, or {ask}") from None
-    except OSError as exc:
-        raise _error("credential_unreadable", f"cannot read the credential file {path}: {exc.strerror}") from None
-    if not token:
-        raise _error("credential_missing", f"the credential file {path} is empty; {ask}")
-    return token
-
-
-def _listen_error(exc: OSError, host: str, port: int) -> ReplicaError:
-    if exc.errno == errno.EADDRINUSE:
-        return _error(
-            "port_in_use",
-            f"port {port} on {host} is already in use (another relay, peer server or program listens there); "
-            "stop it, or choose another port with --port",
-        )
-    if exc.errno == errno.EACCES:
-        return _error(
-            "port_not_permitted", f"this user may not listen on port {port}; choose one above 1023 with --port"
-        )
-    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        return _error("bad_host", f"cannot listen on {host!r}: not an address of this machine; check --host")
-    return _error("cannot_listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-
-
-def _require_discovery(instead: str) -> None:
-    """Fail before anything starts when the ``discovery`` extra (zeroconf) is not installed."""
-    if importlib.util.find_spec("zeroconf") is None:
-        raise _error(
-            "discovery_not_installed",
-            "finding peers on the local network needs the discovery extra (zeroconf): "
-            f"pip install 'replica[discovery]' ({instead})",
-        )
-
-
-def _print_json(value: object) -> None:
-    print(json.dumps(value), flush=True)
-
-
-def _status_json(replica_id: str, status: SyncStatus) -> dict[str, Any]:
-    return {"replica_id": replica_id, **asdict(status), "state": status.state.value, "label": status.label}
-
-
-def _stop_on_signals() -> asyncio.Event:
-    """An event that SIGINT or SIGTERM sets (a clean stop); call it inside the running loop."""
-    stop = asyncio.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(number, stop.set)
-    return stop
 
 
 # -- device ------------------------------------------------------------------
@@ -202,14 +56,14 @@ def _stop_on_signals() -> asyncio.Event:
 
 def _init(args: argparse.Namespace) -> int:
     path = Path(args.data)
-    if (path / _LMDB_DATA).is_file():
-        raise _error(
+    if holds_store(path):
+        raise cli_input.error(
             "replica_exists",
             f"{path} already holds a device's data; nothing was changed (use it as it is, or choose another "
             "directory for a new device)",
         )
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise _error(
+        raise cli_input.error(
             "data_dir_not_empty", f"{path} exists and holds no replica; choose a new or empty directory for the device"
         )
     with Replica.open(path, replica_id=args.replica_id) as replica:
@@ -219,7 +73,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _open_device(args) as replica:
+    with cli_input.open_device(args) as replica:
         names = replica.documents()
         documents: list[dict[str, Any]] = []
         for name in names:
@@ -229,7 +83,9 @@ def _status(args: argparse.Namespace) -> int:
             documents.append({"name": name, "records": records, "texts": texts})
         status = replica.status()
         if args.json:
-            _print_json({"data": str(args.data), "documents": documents, **_status_json(replica.id, status)})
+            cli_input.print_json(
+                {"data": str(args.data), "documents": documents, **cli_input.status_json(replica.id, status)}
+            )
             return 0
         print(f"Replica: {replica.id}")
         print(f"Data directory: {args.data}")
@@ -249,7 +105,7 @@ def _credential_show(args: argparse.Namespace) -> int:
     from replica.credentials import CredentialError
     from replica.trust import BOUND_CREDENTIAL, GIVEN_CREDENTIAL, pinned_relay_key
 
-    with _open_device(args) as replica:
+    with cli_input.open_device(args) as replica:
         relay_key = pinned_relay_key(replica)
         print(f"Replica: {replica.id}")
         print(f"Relay key: {relay_key.key_id if relay_key else 'not pinned yet (sync with the relay once)'}")
@@ -279,20 +135,20 @@ def _relay(args: argparse.Namespace) -> int:
     from replica.relay import Relay
 
     if args.data is None:
-        raise _error("bad_usage", "replica relay: --data DIR is required (the relay's data directory)")
+        raise cli_input.error("bad_usage", "replica relay: --data DIR is required (the relay's data directory)")
 
     async def serve() -> None:
-        stop = _stop_on_signals()
+        stop = cli_input.stop_on_signals()
         try:
             relay = Relay(args.data, host=args.host, port=args.port)
         except OSError as exc:
-            raise _error(
+            raise cli_input.error(
                 "data_dir_error", f"cannot use the relay's data directory {args.data}: {exc.strerror}"
             ) from None
         try:
             await relay.start()
         except OSError as exc:
-            raise _listen_error(exc, args.host, args.port) from None
+            raise cli_input.listen_error(exc, args.host, args.port) from None
         try:
             print(f"Relay {relay.replica_id} listening on {relay.url}", flush=True)
             print(f"Public key: {relay.public_key.to_text()}", flush=True)
@@ -313,11 +169,11 @@ def _issue_credential(args: argparse.Namespace) -> int:
     try:
         expires_at = parse_expiry(args.expires, now=now)
     except ValueError as exc:
-        raise _error("bad_expiry", str(exc)) from None
-    relay_id, key = relay_identity(_relay_dir(args))
+        raise cli_input.error("bad_expiry", str(exc)) from None
+    relay_id, key = relay_identity(cli_input.relay_dir(args))
     try:
         token = registry.issue_credential(
-            _relay_dir(args),
+            cli_input.relay_dir(args),
             key,
             issuer=relay_id,
             replica_id=args.replica_id,
@@ -327,7 +183,7 @@ def _issue_credential(args: argparse.Namespace) -> int:
             device_key=None if args.device_key is None else args.device_key.raw,
         )
     except ValueError as exc:
-        raise _error("credential_not_issued", f"no credential was issued: {exc}") from None
+        raise cli_input.error("credential_not_issued", f"no credential was issued: {exc}") from None
     print(token)
     expiry = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
     print(f"Credential for {args.replica_id} on {' '.join(args.docs)}, valid until {expiry}", file=sys.stderr)
@@ -335,7 +191,7 @@ def _issue_credential(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    folder = _relay_dir(args)
+    folder = cli_input.relay_dir(args)
     if args.undo:
         found = registry.restore(folder, args.replica_id)
         print(f"{args.replica_id}: revocation taken back" if found else f"{args.replica_id} was not revoked")
@@ -348,11 +204,11 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _issued(args: argparse.Namespace) -> int:
-    folder = _relay_dir(args)
+    folder = cli_input.relay_dir(args)
     revoked = registry.Revocations(folder)
     entries = registry.issued(folder)
     if args.json:
-        _print_json({"issued": entries, "revoked": dict(revoked)})
+        cli_input.print_json({"issued": entries, "revoked": dict(revoked)})
         return 0
     for entry in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["expires_at"]))
@@ -368,7 +224,7 @@ def _issued(args: argparse.Namespace) -> int:
 def _public_key(args: argparse.Namespace) -> int:
     from replica.relay import relay_identity
 
-    _, key = relay_identity(_relay_dir(args))
+    _, key = relay_identity(cli_input.relay_dir(args))
     print(key.public_key().to_text())
     return 0
 
@@ -378,16 +234,16 @@ def _public_key(args: argparse.Namespace) -> int:
 
 def _peer_serve(args: argparse.Namespace) -> int:
     if args.advertise:
-        _require_discovery("or serve without --advertise")
-    path = _device_dir(args)
+        cli_input.require_discovery("or serve without --advertise")
+    path = cli_input.device_dir(args)
 
     async def serve() -> None:
-        stop = _stop_on_signals()
+        stop = cli_input.stop_on_signals()
         with Replica.open(path, replica_id=args.replica_id) as replica:
             try:
                 server = await replica.serve_peers(args.host, args.port)
             except OSError as exc:
-                raise _listen_error(exc, args.host, args.port) from None
+                raise cli_input.listen_error(exc, args.host, args.port) from None
             print(f"Device {replica.id} serving peers on {server.url}", flush=True)
             advertiser = None
             if args.advertise:
@@ -421,15 +277,15 @@ def _peer_trust(args: argparse.Namespace) -> int:
     try:
         text = source.read_text().strip() if source.is_file() else args.relay_key
     except OSError as exc:
-        raise _error("bad_relay_key", f"cannot read the relay key file {source}: {exc.strerror}") from None
+        raise cli_input.error("bad_relay_key", f"cannot read the relay key file {source}: {exc.strerror}") from None
     try:
         key = PublicKey.from_text(text)
     except ValueError as exc:
-        raise _error(
+        raise cli_input.error(
             "bad_relay_key",
             f"--relay-key: {exc} (nor a file holding one); give what `replica relay public-key --data DIR` prints",
         ) from None
-    with _open_device(args) as replica:
+    with cli_input.open_device(args) as replica:
         pin_relay_key(replica, key, replace=args.replace)
         print(f"Device {replica.id} now trusts relay key {key.key_id} ({key.to_text()})")
     return 0
@@ -438,16 +294,16 @@ def _peer_trust(args: argparse.Namespace) -> int:
 def _peer_key(args: argparse.Namespace) -> int:
     from replica.trust import device_key
 
-    with _open_device(args) as replica:
+    with cli_input.open_device(args) as replica:
         print(device_key(replica).public_key().to_text())
     return 0
 
 
 def _peer_list(args: argparse.Namespace) -> int:
-    with _open_device(args) as replica:
+    with cli_input.open_device(args) as replica:
         peers = replica.peers()
         if args.json:
-            _print_json({"replica_id": replica.id, "peers": [asdict(peer) for peer in peers.values()]})
+            cli_input.print_json({"replica_id": replica.id, "peers": [asdict(peer) for peer in peers.values()]})
             return 0
         if not peers:
             print("No peer syncs yet.")
@@ -463,13 +319,13 @@ def _peer_list(args: argparse.Namespace) -> int:
 
 
 def _peer_discover(args: argparse.Namespace) -> int:
-    _require_discovery("or give the peer's URL to `replica sync --peer` yourself")
+    cli_input.require_discovery("or give the peer's URL to `replica sync --peer` yourself")
     from replica import discovery
     from replica.trust import pinned_relay_key
 
     relay_key_id = None
     if args.data:
-        with _open_device(args) as replica:
+        with cli_input.open_device(args) as replica:
             key = pinned_relay_key(replica)
             relay_key_id = None if key is None else key.key_id
     peers = asyncio.run(discovery.discover(timeout=args.timeout, relay_key_id=relay_key_id))
@@ -484,8 +340,8 @@ def _peer_discover(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    path = _device_dir(args)
-    credential = _read_credential(args.credential) if args.credential else None
+    path = cli_input.device_dir(args)
+    credential = cli_input.read_credential(args.credential) if args.credential else None
 
     async def run() -> SyncStatus:
         with Replica.open(path, replica_id=args.replica_id) as replica:
@@ -561,9 +417,9 @@ class _JsonLines:
     def __call__(self, status: SyncStatus, *, last: bool = False) -> None:
         if self.peer and not last:
             return
-        value = {**_status_json(self.replica_id, status), "peer": self.peer}
+        value = {**cli_input.status_json(self.replica_id, status), "peer": self.peer}
         if value != self.shown:
-            _print_json(value)
+            cli_input.print_json(value)
             self.shown = value
 
     def end(self) -> None:
@@ -577,7 +433,7 @@ class _Parser(argparse.ArgumentParser):
     """Argparse's complaints become one-line ``bad_usage`` errors, like every other mistake."""
 
     def error(self, message: str) -> NoReturn:
-        raise _error("bad_usage", f"{self.prog}: {message}; see `{self.prog} --help`")
+        raise cli_input.error("bad_usage", f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -612,7 +468,7 @@ def _device_options(
 ) -> None:
     data, help = env.get(ENV_DATA) or None, f"the device's data directory (or set {ENV_DATA})"
     command.add_argument("--data", required=required and data is None, default=data, metavar="DIR", help=help)
-    command.add_argument("--replica-id", type=_replica_id, help=id_help)
+    command.add_argument("--replica-id", type=cli_input.replica_id, help=id_help)
 
 
 EXAMPLES = {
@@ -664,25 +520,27 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     relay = _command(commands, "relay", "run the relay server (or manage its credentials)", _relay)
     relay.add_argument("--data", metavar="DIR", help="the relay's data directory (created if missing)")
     relay.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    relay.add_argument("--port", type=_port, default=8765, help="port to listen on (0 picks a free one)")
+    relay.add_argument("--port", type=cli_input.port, default=8765, help="port to listen on (0 picks a free one)")
     relay_commands = relay.add_subparsers(dest="relay_command", metavar="COMMAND")
     issue = _command(
         relay_commands, "relay issue-credential", "print a credential signed by this relay", _issue_credential
     )
     issue.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
-    issue.add_argument("--replica-id", required=True, type=_replica_id, help="the device's replica id")
+    issue.add_argument("--replica-id", required=True, type=cli_input.replica_id, help="the device's replica id")
     patterns = "document patterns, e.g. 'c7/*'"
-    issue.add_argument("--docs", required=True, nargs="+", type=_docs_pattern, metavar="PATTERN", help=patterns)
+    issue.add_argument(
+        "--docs", required=True, nargs="+", type=cli_input.docs_pattern, metavar="PATTERN", help=patterns
+    )
     issue.add_argument("--expires", default="30d", help="a duration (30d, 12h) or a UTC date (2026-12-01)")
     bind = "the device's public key (ed25519:...), to bind the credential to it"
-    issue.add_argument("--device-key", type=_device_key, help=bind)
+    issue.add_argument("--device-key", type=cli_input.device_key, help=bind)
     public = _command(
         relay_commands, "relay public-key", "print the relay's public key (for devices to pin)", _public_key
     )
     public.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     revoke = _command(relay_commands, "relay revoke", "revoke every credential issued to a device so far", _revoke)
     revoke.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
-    revoke.add_argument("--replica-id", required=True, type=_replica_id, help="the device's replica id")
+    revoke.add_argument("--replica-id", required=True, type=cli_input.replica_id, help="the device's replica id")
     revoke.add_argument("--undo", action="store_true", help="take the revocation back")
     issued = _command(relay_commands, "relay issued", "list the credentials this relay issued", _issued)
     issued.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
@@ -697,7 +555,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     sync.add_argument("--credential", default=credential_file, metavar="FILE", help=file_help)
     sync.add_argument("--live", action="store_true", help="stay connected and sync continuously")
     sync.add_argument("--peer", action="store_true", help="the URL is another device serving peers, not the relay")
-    sync.add_argument("--timeout", type=_seconds, default=30.0, help="seconds without an answer before failing")
+    sync.add_argument(
+        "--timeout", type=cli_input.seconds, default=30.0, help="seconds without an answer before failing"
+    )
     json_help = "print the final status as a JSON object (with --live: one per status change, one per line)"
     sync.add_argument("--json", action="store_true", help=json_help)
 
@@ -710,13 +570,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     peer_commands = peer.add_subparsers(dest="peer_command", metavar="COMMAND", required=True)
     serve = _command(peer_commands, "peer serve", "accept peers until Ctrl-C", _peer_serve)
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=_port, default=8766, help="port to listen on (0 picks a free one)")
+    serve.add_argument("--port", type=cli_input.port, default=8766, help="port to listen on (0 picks a free one)")
     serve.add_argument("--advertise", action="store_true", help="advertise on the local network (mDNS)")
     discover = _command(
         peer_commands, "peer discover", "list peers advertised on the local network (mDNS)", _peer_discover
     )
     _device_options(discover, env, required=False)
-    discover.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to listen")
+    discover.add_argument("--timeout", type=cli_input.seconds, default=3.0, help="seconds to listen")
     trust = _command(
         peer_commands, "peer trust", "pin the relay's public key (`replica relay public-key`)", _peer_trust
     )

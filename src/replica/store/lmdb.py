@@ -29,6 +29,11 @@ DEFAULT_MAP_SIZE = 1 << 34
 LOCK_FILE = "replica.lock"
 
 
+def holds_store(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a data directory holding an LMDB store."""
+    return (Path(path) / "data.mdb").is_file()
+
+
 class _LmdbTxn(Txn):
     def __init__(self, txn: Any, dbs: dict[str, Any]) -> None:
         self._txn = txn

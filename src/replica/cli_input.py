@@ -1,0 +1,167 @@
+"""What a user types on the ``replica`` command line, checked.
+
+Argument types, data directories and credential files: each mistake becomes a
+:class:`~replica.errors.ReplicaError` with a stable code at the point where
+the input is read, for ``replica.cli`` to print as one line (see its module
+docstring). Also the small helpers the commands share (JSON output, signals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import importlib.util
+import json
+import shlex
+import signal
+import socket
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from replica.credentials import MAX_PATTERN_CHARS, PATTERN_RULE, PublicKey
+from replica.errors import ReplicaError
+from replica.names import check_replica_id
+from replica.replica import Replica
+from replica.status import SyncStatus
+from replica.store.lmdb import holds_store
+
+
+def error(code: str, message: str, *, retryable: bool = False) -> ReplicaError:
+    return ReplicaError(message, code=code, retryable=retryable)
+
+
+# -- what the user typed -----------------------------------------------------
+
+
+def port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise error("bad_port", f"port {text!r} is not valid: use a number from 1 to 65535, or 0 to pick a free one")
+    return port
+
+
+def replica_id(text: str) -> str:
+    try:
+        return check_replica_id(text)
+    except ValueError as exc:
+        raise error("bad_replica_id", str(exc)) from None
+
+
+def docs_pattern(text: str) -> str:
+    # The rule of replica.credentials (PATTERN_RULE), checked here to name the pattern at fault.
+    if not (0 < len(text) <= MAX_PATTERN_CHARS and text.isprintable() and not any(c.isspace() for c in text)):
+        raise error("bad_docs_pattern", f"invalid document pattern {text!r} in --docs: {PATTERN_RULE}")
+    return text
+
+
+def device_key(text: str) -> PublicKey:
+    try:
+        return PublicKey.from_text(text)
+    except ValueError as exc:
+        raise error(
+            "bad_device_key", f"--device-key: {exc}; print it on the device with `replica peer key --data DIR`"
+        ) from None
+
+
+def seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e9:
+        raise error("bad_timeout", f"{text!r} is not a number of seconds above 0")
+    return seconds
+
+
+def device_dir(args: argparse.Namespace) -> Path:
+    """The data directory of an existing device, or a ``no_data_dir`` error with the command that creates one."""
+    path = Path(args.data)
+    if holds_store(path):
+        return path
+    init = f"`replica init --data {shlex.quote(str(path))} --replica-id {getattr(args, 'replica_id', None) or 'ID'}`"
+    if not path.exists():
+        raise error("no_data_dir", f"no data directory at {path}; check the path, or create a device with {init}")
+    if not path.is_dir():
+        raise error("no_data_dir", f"{path} is a file, not a data directory; check the path")
+    if any(path.iterdir()):
+        raise error("no_data_dir", f"{path} is not a device's data directory (it holds no replica); check the path")
+    raise error("no_data_dir", f"no data directory at {path} (the folder is empty); create a device with {init}")
+
+
+def open_device(args: argparse.Namespace) -> Replica:
+    return Replica.open(device_dir(args), replica_id=getattr(args, "replica_id", None))
+
+
+def relay_dir(args: argparse.Namespace) -> Path:
+    """The data directory of a relay that was started before (it holds the relay's key)."""
+    from replica.relay import KEY_FILE
+
+    path = Path(args.data)
+    if not (path / KEY_FILE).is_file():
+        start = f"`replica relay --data {shlex.quote(str(path))}`"
+        raise error(
+            "no_data_dir",
+            f"no relay data directory at {path} (no {KEY_FILE}); check the path, or start the relay once with {start}",
+        )
+    return path
+
+
+def read_credential(name: str) -> str:
+    path = Path(name)
+    ask = f"ask the relay operator for one (`replica relay issue-credential ... > {shlex.quote(name)}`)"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise error("credential_missing", f"no credential file at {path}; check the path, or {ask}") from None
+    except OSError as exc:
+        raise error("credential_unreadable", f"cannot read the credential file {path}: {exc.strerror}") from None
+    if not token:
+        raise error("credential_missing", f"the credential file {path} is empty; {ask}")
+    return token
+
+
+def listen_error(exc: OSError, host: str, port: int) -> ReplicaError:
+    if exc.errno == errno.EADDRINUSE:
+        return error(
+            "port_in_use",
+            f"port {port} on {host} is already in use (another relay, peer server or program listens there); "
+            "stop it, or choose another port with --port",
+        )
+    if exc.errno == errno.EACCES:
+        return error(
+            "port_not_permitted", f"this user may not listen on port {port}; choose one above 1023 with --port"
+        )
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return error("bad_host", f"cannot listen on {host!r}: not an address of this machine; check --host")
+    return error("cannot_listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def require_discovery(instead: str) -> None:
+    """Fail before anything starts when the ``discovery`` extra (zeroconf) is not installed."""
+    if importlib.util.find_spec("zeroconf") is None:
+        raise error(
+            "discovery_not_installed",
+            "finding peers on the local network needs the discovery extra (zeroconf): "
+            f"pip install 'replica[discovery]' ({instead})",
+        )
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value), flush=True)
+
+
+def status_json(replica_id: str, status: SyncStatus) -> dict[str, Any]:
+    return {"replica_id": replica_id, **asdict(status), "state": status.state.value, "label": status.label}
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets (a clean stop); call it inside the running loop."""
+    stop = asyncio.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(number, stop.set)
+    return stop
