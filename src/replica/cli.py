@@ -366,8 +366,14 @@ def _sync(args: argparse.Namespace) -> int:
     code = 0 if final.state is SyncState.SYNCED else EXIT_RETRY if error.retryable else EXIT_FAIL
     if args.json:
         return code
+    if final.state is SyncState.SYNCED and final.peer is not None:
+        print(f"Synced with the peer {final.peer}")
+        if not args.peer:
+            print(f"{args.relay} is a device serving peers, not the relay: nothing became safe on the relay")
+        print(f"Data unsynced: {final.unsynced}")
+        return 0
     if final.state is SyncState.SYNCED:
-        print("Data Synced" if not args.peer else "Synced with the peer")
+        print("Data Synced")
         for line in final.lines[1:]:
             print(line)
         return 0

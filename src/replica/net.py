@@ -270,7 +270,7 @@ class DeviceRun:
     def status(self) -> SyncStatus:
         """The replica's status, with this run's own state, error and progress."""
         run = self.run
-        return replace(self.replica.status(), state=run.state, error=run.error, progress=run.progress)
+        return replace(self.replica.status(), state=run.state, error=run.error, progress=run.progress, peer=run.peer)
 
 
 async def run_link(
@@ -307,21 +307,22 @@ async def run_link(
                 unsubscribe()
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
         session.connection_lost()
-        run.fail(_connect_error(url, exc))
+        run.fail(_connect_error(url, exc, peer=peer))
     run.fail(session.error or runs.LOST)  # if nothing decided the run yet
     return run
 
 
-def _connect_error(url: str, exc: BaseException) -> ErrorInfo:
+def _connect_error(url: str, exc: BaseException, *, peer: bool) -> ErrorInfo:
+    who, code = ("the peer", "peer_unreachable") if peer else ("the relay", "relay_unreachable")
     if isinstance(exc, InvalidURI):
         return ErrorInfo("bad_url", f"{url!r} is not a websocket URL (ws://host:port)", False)
     if isinstance(exc, TimeoutError):
-        return ErrorInfo("timeout", f"the relay at {url} did not answer in time; check the network", True)
+        return ErrorInfo("timeout", f"{who} at {url} did not answer in time; check the network", True)
     if isinstance(exc, ConnectionRefusedError):
-        return ErrorInfo("relay_unreachable", f"the relay at {url} refused the connection; is it running?", True)
+        return ErrorInfo(code, f"{who} at {url} refused the connection; is it running?", True)
     if isinstance(exc, InvalidHandshake):
-        return ErrorInfo("relay_unreachable", f"{url} did not accept a websocket connection ({exc})", True)
-    return ErrorInfo("relay_unreachable", f"cannot reach the relay at {url}: {exc}", True)
+        return ErrorInfo(code, f"{url} did not accept a websocket connection ({exc})", True)
+    return ErrorInfo(code, f"cannot reach {who} at {url}: {exc}", True)
 
 
 async def sync_once(

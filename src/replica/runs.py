@@ -23,7 +23,8 @@ The rules, each in one place:
   retrying can fix (the live loop reconnects, and that attempt is a new run);
   an error retrying cannot fix makes it ``FAILED``: the live sync stops there.
 - A run started toward the relay that reaches a peer leaves the home screen
-  (its relay-facing status goes back to ``IDLE``) and is reported as a peer's.
+  (its relay-facing status goes back to ``IDLE``) and is reported as a peer's,
+  naming the peer (``Run.peer``): nothing it did is counted as on the relay.
 - A peer's outcome is recorded once the run is decided, and only under an id
   the other side proved (``authenticated``): a device that failed the
   handshake could claim any id.
@@ -97,6 +98,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     error: ErrorInfo | None = None
     synced_at: float | None = None  #: when it completed, by the clock of the node that ran it
+    peer: str | None = None  #: the other side's replica id, when it is a device serving peers
 
     @property
     def decided(self) -> bool:
@@ -146,8 +148,8 @@ def step(
     """The run after ``event`` of ``session`` at time ``now``, and what to
     store. ``refused`` reads the relay's refusals when a relay-facing run completes."""
     new = replace(run, progress=progress_of(session))
-    if isinstance(event, Connected) and run.facing is Facing.RELAY and event.remote_role != "relay":
-        new = replace(new, facing=Facing.PEER)
+    if isinstance(event, Connected) and event.remote_role != "relay":
+        new = replace(new, facing=Facing.PEER, peer=event.remote_id)
     elif isinstance(event, Completed) and not run.decided:
         relay = run.facing is Facing.RELAY
         held_back = [r for r in refused() if r.count] if relay and refused is not None else []

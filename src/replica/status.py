@@ -49,6 +49,9 @@ class SyncStatus:
     last_synced_at: float | None = None
     error: ErrorInfo | None = None
     rejections: tuple[Rejected, ...] = ()
+    #: The status a sync call returns, when the other side was a device
+    #: serving peers (its replica id), not the relay: ``unsynced`` did not move.
+    peer: str | None = None
 
     @property
     def label(self) -> str:
