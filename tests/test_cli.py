@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from relay_process import CLI, RelayProcess
 from replica import Replica
 from replica.cli import main
+from replica.errors import ReplicaError
 
 
 def test_status_of_a_new_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,16 +29,35 @@ def test_status_lists_documents_and_unsynced(tmp_path: Path, capsys: pytest.Capt
     assert main(["status", "--data", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Replica: tablet-3" in out
-    assert "campaign-7/households  (households: 2 records)" in out
-    assert "campaign-7/notes  (text day: 4 characters)" in out
+    assert "campaign-7/households  (2 changes)" in out  # from the log's version vectors: no replay
+    assert "campaign-7/notes  (1 change)" in out
     assert out.rstrip().endswith("Data unsynced: 3")
 
 
-def test_locked_data_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with Replica.open(tmp_path):
-        assert main(["status", "--data", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "Error [replica_locked]" in err and "retrying may help" in err
+def test_status_reads_a_data_dir_another_process_holds(tmp_path: Path) -> None:
+    """A peer server (or a live sync) holds the directory: `replica status` still answers."""
+    from peer_process import PeerProcess
+
+    with Replica.open(tmp_path, replica_id="tablet-3") as replica:
+        replica.doc("campaign-7/households").records("households").put("h1", {"name": "Ada"})
+    with RelayProcess(tmp_path / "relay") as relay:  # a bound credential, so that it can serve peers
+        token = tmp_path / "t.cred"
+        token.write_text(relay.issue("tablet-3", ["campaign-7/*"]) + "\n")
+        assert main(["sync", "--data", str(tmp_path), "--relay", relay.url, "--credential", str(token)]) == 0
+        with Replica.open(tmp_path) as replica:
+            replica.doc("campaign-7/households").records("households").put("h2", {"name": "Bo"})
+        with PeerProcess(tmp_path) as peer:
+            assert peer.running
+            done = subprocess.run([*CLI, "status", "--data", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Replica: tablet-3" in done.stdout and "campaign-7/households  (2 changes)" in done.stdout
+    assert done.stdout.rstrip().endswith("Data unsynced: 1"), done.stdout
+
+
+def test_a_data_dir_open_in_this_process_is_a_clear_error(tmp_path: Path) -> None:
+    with Replica.open(tmp_path), pytest.raises(ReplicaError) as caught:
+        Replica.open(tmp_path)
+    assert caught.value.code == "replica_locked" and caught.value.retryable
 
 
 def test_console_script_runs(tmp_path: Path) -> None:

@@ -87,10 +87,7 @@ def test_status_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["status", "--data", str(tmp_path), "--json"]) == 0
     status = one_object(capsys.readouterr().out)
     assert status["replica_id"] == "tablet-3" and status["data"] == str(tmp_path)
-    assert status["documents"] == [
-        {"name": DOC, "records": {"households": 1}, "texts": {}},
-        {"name": "campaign-7/notes", "records": {}, "texts": {"day": 4}},
-    ]
+    assert status["documents"] == [{"name": DOC, "changes": 1}, {"name": "campaign-7/notes", "changes": 1}]
     assert (status["unsynced"], status["rejected"], status["rejections"]) == (2, 0, [])
     assert (status["state"], status["error"], status["last_synced_at"]) == ("idle", None, None)
     assert status["label"] == "Data unsynced: 2"

@@ -80,8 +80,12 @@ class Engine:
         self._relay_run = runs.IDLE
         self._missing_memo: dict[tuple[str, tuple[tuple[str, int], ...]], list[Delta]] | None = None
         try:
-            with self._log.write() as txn:
-                self.id = self._init_meta(txn, replica_id)
+            if store.readonly:
+                with self._log.read() as txn:
+                    self.id = self._init_meta(txn, replica_id)
+            else:
+                with self._log.write() as txn:
+                    self.id = self._init_meta(txn, replica_id)
         except BaseException:
             store.close()
             raise
@@ -90,6 +94,8 @@ class Engine:
         if requested is not None:
             check_replica_id(requested)
         stored = self._log.get_meta(txn, "replica_id")
+        if stored is None and self._log.store.readonly:
+            raise errors.DataDirError("this data directory holds no replica yet")
         if stored is None:
             self._log.set_meta(txn, "format", FORMAT)
             self._log.set_meta(txn, "replica_id", requested or new_replica_id())
@@ -114,6 +120,7 @@ class Engine:
         replica_id: str | None = None,
         map_size: int | None = None,
         max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
+        readonly: bool = False,
     ) -> Self:
         """Open (or create) the replica whose data directory is ``path``.
 
@@ -121,11 +128,14 @@ class Engine:
         otherwise); reopening with another id is :class:`~replica.errors.ReplicaIdMismatch`.
         A directory already open elsewhere is :class:`~replica.errors.ReplicaLocked`.
         ``map_size``: bytes of address space for LMDB; ``max_delta_bytes``:
-        the largest foreign delta accepted.
+        the largest foreign delta accepted. ``readonly``: read an existing
+        directory without locking it, while another process may hold it
+        (``replica status`` during a live sync); any write is a
+        :class:`~replica.errors.StorageError`.
         """
         from replica.store.lmdb import DEFAULT_MAP_SIZE, LmdbStore
 
-        store = LmdbStore(path, map_size=DEFAULT_MAP_SIZE if map_size is None else map_size)
+        store = LmdbStore(path, map_size=DEFAULT_MAP_SIZE if map_size is None else map_size, readonly=readonly)
         engine = cls(store, replica_id=replica_id, max_delta_bytes=max_delta_bytes)
         engine.path = Path(path)
         return engine

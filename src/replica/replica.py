@@ -42,6 +42,7 @@ class Replica(Engine):
         *,
         replica_id: str | None = None,
         sync_on_open: tuple[str, str | None] | None = None,
+        readonly: bool = False,
         **options: int,
     ) -> Replica:
         """Open (or create) the replica whose data directory is ``path``.
@@ -52,12 +53,14 @@ class Replica(Engine):
         ``sync_on_open=(relay_url, credential)`` starts a sync at once (the
         daily login trigger); it needs a running asyncio loop, and its
         progress and outcome show in :meth:`status` like any sync's.
-        ``options``: ``map_size`` (bytes of address space for LMDB),
-        ``max_delta_bytes`` (largest foreign delta accepted).
+        ``readonly``: read it without locking it (another process may hold
+        it; see :meth:`Engine.open`). ``options``: ``map_size`` (bytes of
+        address space for LMDB), ``max_delta_bytes`` (largest foreign delta
+        accepted).
         """
         if sync_on_open is not None:
             asyncio.get_running_loop()  # RuntimeError before anything is opened
-        replica = super().open(path, replica_id=replica_id, **options)
+        replica = super().open(path, replica_id=replica_id, readonly=readonly, **options)
         if sync_on_open is not None:
             url, credential = sync_on_open
             replica._start_sync(url, credential=credential, live=False, timeout=30.0)

@@ -58,6 +58,11 @@ class Store(ABC):
         """The open write transaction, if any (joined by nested ``write()``)."""
 
     @property
+    def readonly(self) -> bool:
+        """True if this store only reads (``write()`` fails)."""
+        return False
+
+    @property
     def in_write(self) -> bool:
         """True while a write transaction is open."""
         return self.current_write is not None

@@ -73,10 +73,34 @@ class _LmdbTxn(Txn):
 
 
 class LmdbStore(Store):
-    """Tables in one LMDB environment under ``path``."""
+    """Tables in one LMDB environment under ``path``.
 
-    def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE, sync: bool = True) -> None:
+    ``readonly``: read an existing data directory without locking it, while
+    another process (a live sync, a peer server) may be writing it: LMDB
+    gives every reader a consistent snapshot.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
+        readonly: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self._readonly = readonly
+        self._write: _LmdbTxn | None = None
+        if readonly:
+            self._lock_fd = -1
+            if not holds_store(self.path):
+                raise DataDirError(f"no data directory at {self.path}")
+            try:
+                self._env = lmdb.open(str(self.path), max_dbs=len(TABLES) + 2, readonly=True, lock=True)
+                self._dbs = {name: self._env.open_db(name.encode(), create=False) for name in TABLES}
+            except lmdb.Error as exc:
+                raise DataDirError(f"cannot read the database in {self.path}: {exc}") from exc
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -101,7 +125,6 @@ class LmdbStore(Store):
         except lmdb.Error as exc:
             os.close(self._lock_fd)
             raise DataDirError(f"cannot open the database in {self.path}: {exc}") from exc
-        self._write: _LmdbTxn | None = None
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
@@ -111,8 +134,14 @@ class LmdbStore(Store):
         with self._env.begin(write=False, buffers=False) as txn:
             yield _LmdbTxn(txn, self._dbs)
 
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
     @contextmanager
     def write(self) -> Iterator[Txn]:
+        if self._readonly:
+            raise StoreFailure(f"{self.path} is open for reading only")
         if self._write is not None:
             yield self._write
             return
@@ -146,7 +175,8 @@ class LmdbStore(Store):
         if self._write is not None:
             raise RuntimeError("close() inside a write transaction")
         self._env.close()
-        os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
 
 
 class _MapFull(StoreFailure):
