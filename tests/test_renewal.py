@@ -54,6 +54,18 @@ def test_the_device_presents_the_newest_credential_to_its_relay() -> None:
         assert DeviceTrust(device, renewed).for_relay() == renewed
 
 
+def test_a_twin_issued_after_the_binding_is_presented_as_given() -> None:
+    """Re-issued with the same rights (after a revocation, say): the new one is newer than the bound one."""
+    key = SigningKey.generate()
+    with Replica.in_memory(replica_id="dev-a") as device:
+        trust = DeviceTrust(device)
+        pin_relay_key(device, key.public_key())
+        device.set_setting(BOUND_CREDENTIAL, credential(key, ["c7/*"], NOW + 3600, trust.key.public_raw))
+        twin = key.issue(issuer=RELAY_ID, replica_id="dev-a", documents=["c7/*"], expires_at=NOW + 3600, now=NOW + 60)
+        give_credential(device, twin)
+        assert trust.for_relay() == twin
+
+
 def test_a_credential_from_a_new_relay_key_is_presented_as_given() -> None:
     old, new = SigningKey.generate(), SigningKey.generate()
     with Replica.in_memory(replica_id="dev-a") as device:

@@ -204,7 +204,8 @@ class DeviceTrust:
             a, b = relay_key.verify(given), relay_key.verify(bound)
         except CredentialError:
             return False  # the given one is from another relay key (replaced), or damaged: present it as it is
-        return (a.replica_id, a.documents, a.expires_at) == (b.replica_id, b.documents, b.expires_at)
+        same = (a.replica_id, a.documents, a.expires_at) == (b.replica_id, b.documents, b.expires_at)
+        return same and b.issued_at >= a.issued_at  # bound from this one, not from an older twin
 
     def _peer_credential(self, token: str | None, replica_id: str, now: float) -> Credential:
         relay_key = self.relay_key
