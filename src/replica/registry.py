@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,10 @@ class Revocations(Mapping[str, float]):
 
     def __len__(self) -> int:
         return len(self._current())
+
+    def items(self) -> ItemsView[str, float]:
+        """All of them at one look at the file (not one per key, as ``Mapping`` would)."""
+        return self._current().items()
 
 
 def _read(folder: Path) -> dict[str, float]:

@@ -309,7 +309,7 @@ class RelayAuthority:
 
     def revocations(self, now: float) -> str:
         """The signed revocation list as it stands (signed again only when it changed)."""
-        current = dict(self.revoked)
+        current = dict(self.revoked.items())
         if self._signed is None or self._signed[0] != current:
             self._signed = (current, self.key.sign_revocations(issuer=self.replica_id, revoked=current, now=now))
         return self._signed[1]
