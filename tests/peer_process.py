@@ -17,10 +17,11 @@ test only after :meth:`kill` or :meth:`stop`.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 
-from server_process import CLI, HOST, ServerProcess, ServerProcessError
+from server_process import CLI, HOST, TIMEOUT, ServerProcess, ServerProcessError
 
 __all__ = ["CLI", "PeerProcess", "PeerProcessError"]
 
@@ -37,8 +38,12 @@ class PeerProcess(ServerProcess):
     STOPPED = "Peer server stopped"
     Error = PeerProcessError
 
+    def __init__(self, data: str | os.PathLike[str], *extra: str, timeout: float = TIMEOUT) -> None:
+        super().__init__(data, timeout=timeout)
+        self.extra = extra  #: more options of ``peer serve`` (``--relay URL --live``, say)
+
     def command(self, port: int) -> list[str]:
-        return [*CLI, "peer", "serve", "--data", str(self.data), "--host", HOST, "--port", str(port)]
+        return [*CLI, "peer", "serve", "--data", str(self.data), "--host", HOST, "--port", str(port), *self.extra]
 
     async def stop(self) -> list[str]:
         """SIGTERM the server and wait off the event loop (which may have to

@@ -119,6 +119,20 @@ class ServerProcess:
             raise self.Error(f"the {self.NAME} exited without saying {self.STOPPED!r}{self.diagnostics()}")
         return list(self.output)
 
+    def wait_exit(self) -> int:
+        """Wait (with the deadline) for the process to end by itself; its exit status."""
+        process = self._process
+        if process is None:
+            raise RuntimeError(f"the {self.NAME} was not started")
+        try:
+            process.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self._reap(signal.SIGKILL)
+            raise self.Error(f"the {self.NAME} did not end within {self.timeout} s{self.diagnostics()}") from None
+        self._reap(None)
+        assert self.returncode is not None
+        return self.returncode
+
     def close(self) -> None:
         """Make sure no process is left behind."""
         if self._process is not None:
@@ -134,6 +148,12 @@ class ServerProcess:
         self.close()
 
     # -- what tests use ------------------------------------------------------
+
+    def expect(self, pattern: str | re.Pattern[str]) -> str:
+        """Wait (with the deadline) for the next line of standard output that
+        matches ``pattern`` (a regular expression); the lines before it are
+        kept in :attr:`output`. Raises if the process ends first."""
+        return self._wait_for_line(re.compile(pattern) if isinstance(pattern, str) else pattern)
 
     @property
     def running(self) -> bool:
@@ -181,7 +201,7 @@ class ServerProcess:
                 assert self._process is not None
                 self._process.wait(timeout=self.timeout)
                 raise self.Error(
-                    f"the {self.NAME} exited with status {self._process.returncode} before listening"
+                    f"the {self.NAME} exited with status {self._process.returncode} before printing {pattern.pattern!r}"
                     f"{self.diagnostics()}"
                 )
             self.output.append(line)

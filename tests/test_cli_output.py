@@ -137,15 +137,18 @@ def test_live_sync_json_prints_one_object_per_status_change(
                 assert line is not None, f"the live sync ended: {child.wait(TIMEOUT)} {child.stderr.read()!r}"
                 seen.append(json.loads(line))
             child.send_signal(signal.SIGINT)
-            assert child.wait(TIMEOUT) == 1
+            assert child.wait(TIMEOUT) == 0  # stopped when everything was synced
         finally:
             child.kill()
         reader.join(TIMEOUT)
-        assert child.stderr.read().decode().strip().endswith("Sync stopped.")
+        assert child.stderr.read().decode().strip().endswith("Sync stopped. Data unsynced: 0")
     while (line := lines.get_nowait()) is not None:
         seen.append(json.loads(line))
     states = [status["state"] for status in seen]
     assert states[0] == "syncing" and "synced" in states, states
+    assert any(status["connected"] for status in seen) and not seen[-1]["connected"], seen
+    assert seen[-1]["stopped"] is True and seen[-1]["state"] == "synced", seen[-1]
+    assert not any("stopped" in status for status in seen[:-1])
     assert all(a != b for a, b in itertools.pairwise(seen)), "an object repeated without a change"
     assert {status["replica_id"] for status in seen} == {"tablet-7"}
 

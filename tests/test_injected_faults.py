@@ -13,12 +13,14 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -29,8 +31,10 @@ from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import replica.doc
+import test_net
+import test_runs
 import test_trust
-from replica import runs, trust, wire
+from replica import net, runs, trust, wire
 from replica.delta import Delta
 from replica.doc import Document
 from replica.engine import Engine
@@ -349,6 +353,45 @@ def peers_ignore_revocations() -> Iterator[None]:
 
 
 @contextmanager
+def quiet_live_links_time_out() -> Iterator[None]:
+    """A caught-up live link is held to the sync's timeout like a run still
+    catching up: an idle live sync drops and reconnects every ``timeout`` s."""
+
+    def strict(self: net.Link) -> float | None:
+        return self.timeout if self.session.state is SessionState.OPEN else self.handshake_timeout
+
+    with _patched(net.Link, "_silence_allowed", strict):
+        yield
+
+
+@contextmanager
+def stopping_leaves_the_run_as_it_was() -> Iterator[None]:
+    """A stopped sync records nothing: the status still says connected, or
+    waiting to reconnect, or "Sync in Progress", after it stopped."""
+
+    def unrecorded(run: runs.Run, session: Any) -> tuple[runs.Run, list[runs.Record]]:
+        return run, []
+
+    with _patched(runs, "stop", unrecorded):
+        yield
+
+
+@contextmanager
+def connected_is_never_said() -> Iterator[None]:
+    """The status never says a link is open (a UI could not tell "offline, next
+    try at 10:02" from "connected")."""
+    step = runs.step
+
+    def unconnected(*args: Any, **kwargs: Any) -> tuple[runs.Run, list[runs.Record]]:
+        run, records = step(*args, **kwargs)
+        quiet = replace(run, connected=False)
+        return quiet, [runs.RelayStatus(quiet) if isinstance(r, runs.RelayStatus) else r for r in records]
+
+    with _patched(runs, "step", unconnected):
+        yield
+
+
+@contextmanager
 def prefer_the_bound_credential() -> Iterator[None]:
     """A device presents its relay the credential the relay once bound to
     its key, whatever newer one it was given (the bug of issue 11: a device
@@ -466,13 +509,24 @@ FAULTS = [
     peers_ignore_expiry,
     relay_ignores_revocation,
     prefer_the_bound_credential,
+    connected_is_never_said,
 ]
+
 
 #: Faults the machine finds too late in its derandomized run to guard CI with
 #: (peers_ignore_revocations: example 55 of 60; 9 runs of 10 with random seeds,
-#: median 5), each with the direct test that must catch it.
+#: median 5), or cannot see (it has no clock-driven timeouts and no stop), each
+#: with the direct test that must catch it.
+def _quiet_live_link() -> None:
+    with tempfile.TemporaryDirectory() as path:
+        test_net.test_a_caught_up_live_link_stays_open_when_nothing_changes(Path(path))
+
+
 DIRECT = [
     (peers_ignore_revocations, test_trust.test_peers_learn_a_revocation_from_the_relay_and_from_each_other),
+    (quiet_live_links_time_out, _quiet_live_link),
+    (stopping_leaves_the_run_as_it_was, test_net.test_a_live_sync_with_no_relay_says_when_it_retries_and_stops),
+    (connected_is_never_said, test_runs.test_a_run_is_connected_from_the_welcome_until_its_link_closes),
 ]
 
 

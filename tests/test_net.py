@@ -1,4 +1,5 @@
-"""The asyncio edge (``replica.net``): retry delays, and failures to connect as a status."""
+"""The asyncio edge (``replica.net``): retry delays, failures to connect as a
+status, and a live sync's link: connected, waiting to reconnect, stopped."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import asyncio
 import itertools
 import random
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
-from replica import Replica, SyncState, net
+from replica import Replica, SyncState, SyncStatus, net
+from replica.relay import Relay
 
 
 class UpperBound(random.Random):
@@ -97,3 +101,64 @@ def test_a_malformed_url_is_a_failure_retrying_cannot_fix() -> None:
             assert replica.status().error == status.error
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_malformed_url_stops_a_live_sync_too() -> None:
+    async def main() -> None:
+        with Replica.in_memory(replica_id="dev-a") as replica:
+            status = await net.sync_live(replica, "not a url", credential=None, timeout=2)
+            assert status.state is SyncState.FAILED and status.error is not None
+            assert status.error.code == "bad_url" and status.retry_at is None
+
+    asyncio.run(asyncio.wait_for(main(), 10))  # before: it retried a URL that can never work, forever
+
+
+# -- live syncs: connected, waiting, stopped -----------------------------------
+
+
+def test_a_live_sync_with_no_relay_says_when_it_retries_and_stops() -> None:
+    url = f"ws://127.0.0.1:{free_port()}"
+
+    async def main() -> None:
+        with Replica.in_memory(replica_id="dev-a") as replica:
+            seen: list[SyncStatus] = []
+            replica.subscribe(seen.append)
+            before = time.time()
+            live = asyncio.ensure_future(replica.sync(url, live=True, timeout=2))
+            while not any(status.retry_at is not None for status in seen):
+                await asyncio.sleep(0.01)
+            waiting = next(status for status in seen if status.retry_at is not None)
+            assert waiting.state is SyncState.FAILED and not waiting.connected
+            assert waiting.error is not None and waiting.error.code == "relay_unreachable"
+            assert before <= waiting.retry_at <= time.time() + 0.5  # the first delay is at most 0.5 s
+            assert not any(status.connected for status in seen)
+            await replica.stop_sync(url)
+            assert live.cancelled() or live.done()
+            after = replica.status()
+            assert after.retry_at is None and not after.connected and after.state is SyncState.FAILED, after
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_caught_up_live_link_stays_open_when_nothing_changes(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0) as relay:
+            token = relay.issue_credential("dev-a", ["c7/*"], expires_at=time.time() + 3600)
+            with Replica.in_memory(replica_id="dev-a") as replica:
+                replica.doc("c7/h").records("hh").put("h1", {"n": 1})
+                seen: list[SyncStatus] = []
+                replica.subscribe(seen.append)
+                live = asyncio.ensure_future(replica.sync(relay.url, credential=token, live=True, timeout=0.3))
+                while not (seen and seen[-1].state is SyncState.SYNCED and seen[-1].connected):
+                    await asyncio.sleep(0.01)
+                caught_up = len(seen)
+                await asyncio.sleep(1.5)  # five times the timeout, with nothing to say either way
+                status = replica.status()
+                assert status.connected and status.state is SyncState.SYNCED, (status, seen[caught_up:])
+                assert all(s.connected for s in seen[caught_up:]), seen[caught_up:]
+                await replica.stop_sync(relay.url)
+                assert live.done()
+                stopped = replica.status()
+                assert stopped.state is SyncState.SYNCED and not stopped.connected and stopped.unsynced == 0
+
+    asyncio.run(asyncio.wait_for(main(), 20))

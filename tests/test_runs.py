@@ -249,3 +249,62 @@ def test_only_a_completed_once_run_ends_the_link() -> None:
     assert not runs.ends_link(Completed(), "live")
     assert not runs.ends_link(Closed(None), "once")
     assert not runs.ends_link(ack(), "once")
+
+
+# -- connected, waiting to reconnect, stopped ----------------------------------
+
+
+def test_a_run_is_connected_from_the_welcome_until_its_link_closes() -> None:
+    run, _ = runs.start(Facing.RELAY)
+    assert not run.connected
+    run, records = runs.step(run, connected(), Facts(mode="live"), NOW)
+    assert run.connected and records == [RelayStatus(run)]
+    run, _ = runs.step(run, Completed(), Facts(mode="live"), NOW)
+    assert run.connected and run.state is SyncState.SYNCED
+    run, records = runs.step(run, Closed(RETRYABLE), Facts(mode="live"), NOW)
+    assert not run.connected and run.state is SyncState.SYNCED and records == [RelayStatus(run)]
+
+
+def test_a_failure_to_connect_leaves_it_unconnected() -> None:
+    run, _ = runs.start(Facing.RELAY)
+    run, _ = runs.fail(run, OTHER, Facts())
+    assert not run.connected and run.state is SyncState.FAILED
+
+
+def test_a_peer_run_is_connected_too() -> None:
+    run, _ = runs.start(Facing.RELAY)
+    run, _ = runs.step(run, connected("peer", "tablet-a"), Facts(), NOW)
+    assert run.connected and run.facing is Facing.PEER
+
+
+def test_waiting_says_when_the_next_try_is_and_is_recorded() -> None:
+    run, _ = play(Facing.RELAY, [connected(), Closed(RETRYABLE)], Facts(mode="live"))
+    run, records = runs.waiting(run, NOW + 4)
+    assert run.retry_at == NOW + 4 and not run.connected and run.state is SyncState.FAILED
+    assert records == [RelayStatus(run)]
+    peer, _ = runs.start(Facing.PEER)
+    peer, records = runs.waiting(peer, NOW + 4)
+    assert peer.retry_at == NOW + 4 and records == []  # a peer's outcome is recorded once, when decided
+
+
+def test_a_stopped_run_that_had_not_completed_failed_with_stopped() -> None:
+    run, _ = play(Facing.RELAY, [connected()], Facts(mode="once", sent=1, to_send=3))
+    run, records = runs.stop(run, Facts(mode="once", sent=1, to_send=3))
+    assert run.state is SyncState.FAILED and run.error == runs.STOPPED and run.error.retryable
+    assert not run.connected and run.retry_at is None and run.progress.sent == 1
+    assert records == [RelayStatus(run)]
+
+
+def test_a_stopped_live_sync_that_caught_up_stays_synced_and_stops_waiting() -> None:
+    run, _ = play(Facing.RELAY, [connected(), Completed()], Facts(mode="live"))
+    run, _ = runs.stop(run, Facts(mode="live"))
+    assert run.state is SyncState.SYNCED and run.error is None and not run.connected
+    waiting, _ = runs.waiting(run, NOW + 9)
+    stopped, _ = runs.stop(waiting, Facts(mode="live"))
+    assert stopped.retry_at is None and stopped.state is SyncState.SYNCED
+
+
+def test_a_stop_keeps_the_first_failure_as_the_reason() -> None:
+    run, _ = play(Facing.RELAY, [Closed(FATAL)], Facts())
+    run, _ = runs.stop(run, Facts())
+    assert run.error == FATAL

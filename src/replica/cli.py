@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from replica import __version__, cli_input, registry
+from replica import __version__, cli_input, cli_sync, registry
 from replica.credentials import PublicKey
 from replica.errors import ErrorInfo, ReplicaError
 from replica.replica import Replica
@@ -232,7 +232,10 @@ def _public_key(args: argparse.Namespace) -> int:
 def _peer_serve(args: argparse.Namespace) -> int:
     if args.advertise:
         cli_input.require_discovery("or serve without --advertise")
+    if args.live and not args.relay:
+        raise cli_input.error("bad_usage", "--live syncs with the relay: give the relay's URL with --relay URL")
     path = cli_input.device_dir(args)
+    credential = cli_input.read_credential(args.credential) if args.relay and args.credential else None
 
     async def serve() -> None:
         stop = cli_input.stop_on_signals()
@@ -256,6 +259,8 @@ def _peer_serve(args: argparse.Namespace) -> int:
                 await advertiser.start()
                 print(f"Advertised on the local network as {info.name}", flush=True)
             try:
+                if args.relay:
+                    await _serve_and_sync(replica, args, credential, stop)
                 await stop.wait()
             finally:
                 if advertiser is not None:
@@ -265,6 +270,17 @@ def _peer_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(serve())
     return 0
+
+
+async def _serve_and_sync(
+    replica: Replica, args: argparse.Namespace, credential: str | None, stop: asyncio.Event
+) -> None:
+    """``peer serve --relay``: sync with the relay (once, or live) while serving peers."""
+    report: cli_sync.Reporter = cli_sync.LiveLines(args.relay, peer=False) if args.live else cli_sync.Progress()
+    final, stopped = await cli_sync.run(replica, args, credential, report, stop)
+    cli_sync.print_end(final, args.relay, stopped=stopped, live=args.live, peer=False)
+    if not stopped:
+        print("Still serving peers until Ctrl-C.", flush=True)
 
 
 def _peer_trust(args: argparse.Namespace) -> int:
@@ -340,93 +356,23 @@ def _sync(args: argparse.Namespace) -> int:
     path = cli_input.device_dir(args)
     credential = cli_input.read_credential(args.credential) if args.credential else None
 
-    async def run() -> SyncStatus:
+    async def run() -> tuple[SyncStatus, bool]:
+        stop = cli_input.stop_on_signals()
         with Replica.open(path, replica_id=args.replica_id) as replica:
-            show: _Progress | _JsonLines = _JsonLines(replica.id, args.peer) if args.json else _Progress()
-            unsubscribe = replica.subscribe(show) if args.live or not args.json else lambda: None
-            try:
-                final = await replica.sync(
-                    args.relay, credential=credential, live=args.live, timeout=args.timeout, peer=args.peer
-                )
-            finally:
-                unsubscribe()
-                show.end()
-            show(final, last=True)
-            return final
+            report: cli_sync.Reporter
+            if args.json:
+                report = cli_sync.JsonLines(replica.id, peer=args.peer, live=args.live)
+            elif args.live:
+                report = cli_sync.LiveLines(args.relay, peer=args.peer)
+            else:
+                report = cli_sync.Progress()
+            return await cli_sync.run(replica, args, credential, report, stop)
 
-    try:
-        final = asyncio.run(run())
-    except KeyboardInterrupt:
-        print("Sync stopped.", file=sys.stderr)
-        return EXIT_RETRY
+    final, stopped = asyncio.run(run())
     error = final.error or ErrorInfo("unknown", "the sync stopped without an outcome", True)
     code = 0 if final.state is SyncState.SYNCED else EXIT_RETRY if error.retryable else EXIT_FAIL
-    if args.json:
-        return code
-    if final.state is SyncState.SYNCED and final.peer is not None:
-        print(f"Synced with the peer {final.peer}")
-        if not args.peer:
-            print(f"{args.relay} is a device serving peers, not the relay: nothing became safe on the relay")
-        print(f"Data unsynced: {final.unsynced}")
-        return 0
-    if final.state is SyncState.SYNCED:
-        print("Data Synced")
-        for line in final.lines[1:]:
-            print(line)
-        return 0
-    print(f"Sync Failed: {error.message} [{error.code}]")
-    print("Retrying can help." if error.retryable else "Retrying will not help; this needs an operator.")
-    print(f"Data unsynced: {final.unsynced}")
-    for line in final.refusal_lines:
-        print(line)
+    cli_sync.print_end(final, args.relay, stopped=stopped, live=args.live, peer=args.peer, as_json=args.json)
     return code
-
-
-class _Progress:
-    """Prints sync progress to stderr: one rewritten line on a terminal, a
-    line per second otherwise."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.shown = ""
-
-    def __call__(self, status: SyncStatus, *, last: bool = False) -> None:
-        p = status.progress
-        if last or status.state is not SyncState.SYNCING or not (p.to_send or p.to_receive):
-            return
-        line = f"Sync in Progress: sent {p.sent}/{p.to_send}, received {p.received}/{p.to_receive}"
-        now = time.monotonic()
-        if line == self.shown or (not self.tty and now - self.last < 1.0):
-            return
-        self.shown, self.last = line, now
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def end(self) -> None:
-        if self.tty and self.shown:
-            print(file=sys.stderr)
-
-
-class _JsonLines:
-    """``--json``: one JSON object per line on stdout for each status change
-    (``--live``) and for the final status, never the same object twice in a row.
-    With ``--peer`` only the final one: the status changes are the relay's."""
-
-    def __init__(self, replica_id: str, peer: bool) -> None:
-        self.replica_id = replica_id
-        self.peer = peer
-        self.shown: dict[str, Any] | None = None
-
-    def __call__(self, status: SyncStatus, *, last: bool = False) -> None:
-        if self.peer and not last:
-            return
-        value = {**cli_input.status_json(self.replica_id, status), "peer": self.peer}
-        if value != self.shown:
-            cli_input.print_json(value)
-            self.shown = value
-
-    def end(self) -> None:
-        pass
 
 
 # -- parser ------------------------------------------------------------------
@@ -488,7 +434,7 @@ EXAMPLES = {
     "relay revoke": "replica relay revoke --data ./relay-data --replica-id tablet-7",
     "relay issued": "replica relay issued --data ./relay-data",
     "peer": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
-    "peer serve": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
+    "peer serve": "replica peer serve --data ./tablet-7 --port 8766 --relay ws://10.0.0.5:8765 --live",
     "peer discover": "replica peer discover --data ./phone-3",
     "peer trust": "replica peer trust --data ./phone-3 --relay-key relay.pub",
     "peer key": "replica peer key --data ./phone-3",
@@ -571,10 +517,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
     peer = _command(commands, "peer", "sync with other devices in the field")
     peer_commands = peer.add_subparsers(dest="peer_command", metavar="COMMAND", required=True)
-    serve = _command(peer_commands, "peer serve", "accept peers until Ctrl-C", _peer_serve)
+    summary = "accept peers until Ctrl-C (and sync with the relay meanwhile, with --relay)"
+    serve = _command(peer_commands, "peer serve", summary, _peer_serve)
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=cli_input.port, default=8766, help="port to listen on (0 picks a free one)")
     serve.add_argument("--advertise", action="store_true", help="advertise on the local network (mDNS)")
+    serve.add_argument("--relay", metavar="URL", help="also sync with this relay, once at the start (or --live)")
+    serve.add_argument("--credential", default=credential_file, metavar="FILE", help=file_help)
+    serve.add_argument("--live", action="store_true", help="with --relay: stay connected to the relay")
+    serve.add_argument(
+        "--timeout", type=cli_input.seconds, default=30.0, help="with --relay: seconds without an answer before failing"
+    )
+    serve.set_defaults(peer=False)
     discover = _command(
         peer_commands, "peer discover", "list peers advertised on the local network (mDNS)", _peer_discover
     )
@@ -603,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(exc.message.split())  # one line, whatever the message holds
         print(f"Error [{exc.code}]: {message} ({hint})", file=sys.stderr)
         return EXIT_RETRY if exc.retryable else EXIT_FAIL
+    except KeyboardInterrupt:  # Ctrl-C before a command set up its own stop (or in one without it)
+        print("Stopped.", file=sys.stderr)
+        return EXIT_RETRY
     return code
 
 

@@ -245,6 +245,8 @@ class Engine:
             last_synced_at=run.synced_at if run.synced_at is not None else None if last is None else float(last),
             error=run.error,
             rejections=rejections,
+            connected=run.connected,
+            retry_at=run.retry_at,
         )
 
     def refused(self) -> tuple[Rejected, ...]:

@@ -118,10 +118,12 @@ class Link:
         writer = asyncio.create_task(self._write_loop())
         try:
             while not self.session.closed:
-                limit = self.timeout if self.session.state is SessionState.OPEN else self.handshake_timeout
+                limit = self._silence_allowed()
                 try:
                     message = await asyncio.wait_for(self.ws.recv(), limit)
                 except TimeoutError:
+                    if self._silence_allowed() is None:
+                        continue  # it caught up meanwhile (settled after the wait began): quiet is fine now
                     self.session.fail("timeout", f"nothing heard from the other side for {limit} s", True)
                     break
                 self.session.receive(message, time.time())
@@ -138,6 +140,14 @@ class Link:
             except (TimeoutError, ConnectionClosed):
                 writer.cancel()
             await self.ws.close(1000 if self.session.error is None else 1008)
+
+    def _silence_allowed(self) -> float | None:
+        session = self.session
+        if session.state is not SessionState.OPEN:
+            return self.handshake_timeout
+        if session.mode == "live" and session.completed:
+            return None  # a caught-up live link is quiet when nothing changes; websockets' pings watch it
+        return self.timeout
 
     async def _write_loop(self) -> None:
         """Send what the session queues; after :meth:`stop` (or when the
@@ -262,6 +272,16 @@ class DeviceRun:
         self.run, records = runs.fail(self.run, error, self.session)
         self.replica.record(records)
 
+    def wait(self, retry_at: float) -> None:
+        """The live sync tries again at ``retry_at``."""
+        self.run, records = runs.waiting(self.run, retry_at)
+        self.replica.record(records)
+
+    def stop(self) -> None:
+        """The caller stopped the sync."""
+        self.run, records = runs.stop(self.run, self.session)
+        self.replica.record(records)
+
     def local_changed(self, document: str) -> None:
         self.session.local_changed(document, time.time())
         if self.link is not None:
@@ -270,7 +290,15 @@ class DeviceRun:
     def status(self) -> SyncStatus:
         """The replica's status, with this run's own state, error and progress."""
         run = self.run
-        return replace(self.replica.status(), state=run.state, error=run.error, progress=run.progress, peer=run.peer)
+        return replace(
+            self.replica.status(),
+            state=run.state,
+            error=run.error,
+            progress=run.progress,
+            peer=run.peer,
+            connected=run.connected,
+            retry_at=run.retry_at,
+        )
 
 
 async def run_link(
@@ -306,8 +334,13 @@ async def run_link(
             finally:
                 unsubscribe()
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
-        session.connection_lost()
-        run.fail(_connect_error(url, exc, peer=peer))
+        error = _connect_error(url, exc, peer=peer)
+        session.fail(error.code, error.message, error.retryable)  # a live sync stops on a bad URL
+        run.fail(error)
+    except asyncio.CancelledError:
+        if not replica.closed:
+            run.stop()
+        raise
     run.fail(session.error or runs.LOST)  # if nothing decided the run yet
     return run
 
@@ -374,4 +407,10 @@ async def sync_live(
             delays = backoff(cap=max_delay)
         pause = next(delays)
         log.info("live sync to %s ended (%s); reconnecting in %.1f s", url, session.error, pause)
-        await asyncio.sleep(pause)
+        run.wait(time.time() + pause)
+        try:
+            await asyncio.sleep(pause)
+        except asyncio.CancelledError:
+            if not replica.closed:
+                run.stop()
+            raise

@@ -105,6 +105,17 @@ class Replica(Engine):
                 task.cancel()  # cancelling the caller stops a live sync
             raise
 
+    async def stop_sync(self, url: str | None = None) -> None:
+        """Stop the running sync with ``url`` (every running sync if None)
+        and return once it has ended: its link closed, and :meth:`status`
+        saying where it stopped (a run that had not completed is ``FAILED``
+        with ``stopped``, which retrying can fix; a live sync that had caught
+        up stays ``SYNCED``)."""
+        tasks = [task for key, task in self._sync_tasks.items() if url is None or key == url]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def sync_blocking(self, url: str, **options: Any) -> SyncStatus:
         """:meth:`sync` for code without an event loop."""
         return asyncio.run(self.sync(url, **options))

@@ -35,6 +35,12 @@ The rules, each in one place:
   how many changes, in which documents, and why.
 - ``last_synced_at`` moves only when a relay-facing run completes with
   nothing refused.
+- A run is ``connected`` from the other side's welcome until its link
+  closes. A live sync waiting to reconnect says when it tries next
+  (``retry_at``, by the clock of the node); the next attempt is a new run.
+- A run stopped by its caller (a cancelled sync) is no longer connected nor
+  waiting; if it had not completed it is ``FAILED`` with ``stopped``, which
+  retrying can fix.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from replica.status import Progress, Rejected, SyncState
 
 #: The error of a run whose link closed with no reason given.
 LOST = ErrorInfo("connection_lost", "the connection closed before the end", True)
+#: The error of a run its caller stopped before it completed.
+STOPPED = ErrorInfo("stopped", "the sync was stopped before it finished", True)
 #: The code of a run that completed while the relay refuses changes held here.
 CHANGES_REFUSED = "changes_refused"
 
@@ -99,6 +107,8 @@ class Run:
     error: ErrorInfo | None = None
     synced_at: float | None = None  #: when it completed, by the clock of the node that ran it
     peer: str | None = None  #: the other side's replica id, when it is a device serving peers
+    connected: bool = False  #: the other side welcomed this run and its link is open
+    retry_at: float | None = None  #: when a live sync tries to reconnect, after this run ended
 
     @property
     def decided(self) -> bool:
@@ -148,8 +158,10 @@ def step(
     """The run after ``event`` of ``session`` at time ``now``, and what to
     store. ``refused`` reads the relay's refusals when a relay-facing run completes."""
     new = replace(run, progress=progress_of(session))
-    if isinstance(event, Connected) and event.remote_role != "relay":
-        new = replace(new, facing=Facing.PEER, peer=event.remote_id)
+    if isinstance(event, Connected):
+        new = replace(new, connected=True)
+        if event.remote_role != "relay":
+            new = replace(new, facing=Facing.PEER, peer=event.remote_id)
     elif isinstance(event, Completed) and not run.decided:
         relay = run.facing is Facing.RELAY
         held_back = [r for r in refused() if r.count] if relay and refused is not None else []
@@ -169,7 +181,20 @@ def fail(run: Run, error: ErrorInfo, session: SessionFacts) -> tuple[Run, list[R
     return new, _records(run, new, session)
 
 
+def waiting(run: Run, retry_at: float) -> tuple[Run, list[Record]]:
+    """A live sync whose ``run`` ended tries again at ``retry_at``."""
+    new = replace(run, connected=False, retry_at=retry_at)
+    return new, _records(run, new, None)
+
+
+def stop(run: Run, session: SessionFacts) -> tuple[Run, list[Record]]:
+    """The caller stopped the sync (``run`` may be connected, or waiting to reconnect)."""
+    new = _closed(replace(run, progress=progress_of(session), retry_at=None), STOPPED, session)
+    return new, _records(run, new, session)
+
+
 def _closed(run: Run, error: ErrorInfo | None, session: SessionFacts) -> Run:
+    run = replace(run, connected=False)
     if run.state is SyncState.FAILED:
         return run  # the first failure is the reason
     if run.state is SyncState.SYNCED and (session.mode == "once" or error is None or error.retryable):

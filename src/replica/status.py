@@ -52,6 +52,10 @@ class SyncStatus:
     #: The status a sync call returns, when the other side was a device
     #: serving peers (its replica id), not the relay: ``unsynced`` did not move.
     peer: str | None = None
+    #: A link to the relay is open now and the relay welcomed it.
+    connected: bool = False
+    #: When a live sync whose link ended tries to reconnect (epoch seconds), else None.
+    retry_at: float | None = None
 
     @property
     def label(self) -> str:

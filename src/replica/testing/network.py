@@ -588,6 +588,12 @@ class Fleet:
                 f"{link.initiator} published progress sent {shown.progress.sent}, received "
                 f"{shown.progress.received}; its session has sent {session.sent}, received {session.received}"
             )
+        open_now = session.opened and not session.closed
+        if shown is not None and shown.connected != open_now:
+            self.ledger.violations.append(
+                f"{link.initiator} published connected={shown.connected}; its session is "
+                f"{'open' if open_now else 'not open'} ({session.state.name})"
+            )
         if session.completed and track.completed_at is None:
             track.completed_at = self.clock(link.initiator)
             track.refused = link.initiator.replica.status().rejected > 0  # counted right: invariant 4
@@ -615,6 +621,9 @@ class Fleet:
         node = self.nodes[name]
         before = self.committed_state(node)
         story = []
+        # Its home screen starts IDLE again; and what its dying sessions hold (an ack received,
+        # not settled) is nobody's status, so it is no longer compared with what it published.
+        self.ledger.relay_runs.pop(name, None)
         for link in [lk for lk in self.links if lk.session_of(node) is not None]:
             self.links.remove(link)
             up = node is link.initiator
@@ -634,7 +643,6 @@ class Fleet:
             unsubscribe()
         node.replica = self.backend.reopen(node.replica, self.client_ids)
         node.crashes += 1
-        self.ledger.relay_runs.pop(name, None)  # the home screen starts IDLE again
         self._watch(node)
         after = self.committed_state(node)
         if after != before:
