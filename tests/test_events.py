@@ -18,6 +18,7 @@ from replica.events import (
     Denied,
     Event,
     Incoming,
+    IncomingSnapshot,
     IngestResult,
     Rejected,
 )
@@ -55,7 +56,16 @@ def test_events_compare_by_value() -> None:
 
 
 def test_the_event_union_names_every_session_event() -> None:
-    assert set(typing.get_args(Event)) == {Connected, Incoming, Acknowledged, Denied, Rejected, Completed, Closed}
+    assert set(typing.get_args(Event)) == {
+        Connected,
+        Incoming,
+        IncomingSnapshot,
+        Acknowledged,
+        Denied,
+        Rejected,
+        Completed,
+        Closed,
+    }
     assert IngestResult not in typing.get_args(Event)  # it goes the other way: engine to session
 
 

@@ -31,6 +31,7 @@ from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import replica.doc
+import replica.engine
 import test_net
 import test_runs
 import test_trust
@@ -353,6 +354,41 @@ def peers_ignore_revocations() -> Iterator[None]:
 
 
 @contextmanager
+def snapshot_claims_more_than_it_holds() -> Iterator[None]:
+    """A compaction builds its snapshot without the last delta it replaces,
+    and still claims it: the snapshot's version vector says more than its
+    state holds."""
+    build = replica.engine.merged_state
+
+    def short(payloads: list[bytes]) -> bytes:
+        return build(payloads[:-1])
+
+    with _patched(replica.engine, "merged_state", short):
+        yield
+
+
+@contextmanager
+def compaction_drops_unacknowledged_own_deltas() -> Iterator[None]:
+    """A device's compaction also drops its own deltas the relay has not
+    acknowledged, without putting them in its snapshot."""
+    compact_one = Engine._compact_one
+
+    def dropping(self: Engine, txn: Txn, name: str, bound: str | None, keep: int) -> int:
+        replaced = compact_one(self, txn, name, bound, keep)
+        base = self._log.base(txn, name)
+        if bound is None or base is None:
+            return replaced
+        vv, data = base
+        mine = self._log.version_vector(txn, name).get(self.id, 0)
+        if mine > vv.get(self.id, 0):
+            replaced += self._log.set_base(txn, name, {**vv, self.id: mine}, data)
+        return replaced
+
+    with _patched(Engine, "_compact_one", dropping):
+        yield
+
+
+@contextmanager
 def quiet_live_links_time_out() -> Iterator[None]:
     """A caught-up live link is held to the sync's timeout like a run still
     catching up: an idle live sync drops and reconnects every ``timeout`` s."""
@@ -510,6 +546,8 @@ FAULTS = [
     relay_ignores_revocation,
     prefer_the_bound_credential,
     connected_is_never_said,
+    snapshot_claims_more_than_it_holds,
+    compaction_drops_unacknowledged_own_deltas,
 ]
 
 

@@ -72,13 +72,13 @@ def assert_synced(status: SyncStatus) -> None:
 
 
 def assert_same_holdings(actual: Replica, expected: Replica, documents: Sequence[str] | None = None) -> None:
-    """Same documents, version vectors, logs and contents."""
+    """Same documents, version vectors and contents (one of them may hold
+    part of a document as a snapshot: the relay compacts)."""
     names = expected.documents() if documents is None else list(documents)
     if documents is None:
         assert actual.documents() == names
     for name in names:
         assert actual.version_vector(name) == expected.version_vector(name), name
-        assert len(actual.missing_deltas(name, {})) == len(expected.missing_deltas(name, {})), name
         assert actual.doc(name).contents() == expected.doc(name).contents(), name
 
 

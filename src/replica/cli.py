@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 from replica import __version__, cli_input, cli_sync, registry
 from replica.credentials import PublicKey
+from replica.engine import Engine
 from replica.errors import ErrorInfo, ReplicaError
 from replica.replica import Replica
 from replica.status import SyncState, SyncStatus
@@ -95,6 +96,34 @@ def _status(args: argparse.Namespace) -> int:
             print(f"Last synced: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.last_synced_at))}")
         for line in status.lines:
             print(line)
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    # Only what the relay durably acknowledged: what it has not stays one by one (and counted unsynced).
+    with cli_input.open_device(args) as replica:
+        replaced = replica.compact()
+        print(
+            f"Compacted {replaced} changes already on the relay into snapshots; Data unsynced: "
+            f"{replica.status().unsynced}"
+        )
+    return 0
+
+
+def _relay_compact(args: argparse.Namespace) -> int:
+    from replica.relay import Relay
+
+    relay = Relay(cli_input.relay_dir(args), compact_every=0, keep=args.keep)
+    try:
+        relay.replica = Engine.open(relay.data, replica_id=relay.replica_id)
+    except ReplicaError as exc:
+        message = f"{exc.message} (stop the relay first: it compacts by itself too)"
+        raise cli_input.error(exc.code, message, retryable=exc.retryable) from None
+    try:
+        replaced = relay.compact_due()
+    finally:
+        relay.replica.close()
+    print(f"Compacted {replaced} deltas into snapshots, keeping the newest {args.keep} of each document")
     return 0
 
 
@@ -433,6 +462,8 @@ EXAMPLES = {
     "relay public-key": "replica relay public-key --data ./relay-data > relay.pub",
     "relay revoke": "replica relay revoke --data ./relay-data --replica-id tablet-7",
     "relay issued": "replica relay issued --data ./relay-data",
+    "relay compact": "replica relay compact --data ./relay-data --keep 1000",
+    "compact": "replica compact --data ./tablet-7",
     "peer": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
     "peer serve": "replica peer serve --data ./tablet-7 --port 8766 --relay ws://10.0.0.5:8765 --live",
     "peer discover": "replica peer discover --data ./phone-3",
@@ -491,6 +522,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     revoke.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     revoke.add_argument("--replica-id", required=True, type=cli_input.replica_id, help="the device's replica id")
     revoke.add_argument("--undo", action="store_true", help="take the revocation back")
+    compact = _command(relay_commands, "relay compact", "replace old deltas with snapshots now", _relay_compact)
+    compact.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    compact.add_argument("--keep", type=int, default=1000, help="newest deltas of each document kept one by one")
     issued = _command(relay_commands, "relay issued", "list the credentials this relay issued", _issued)
     issued.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     issued.add_argument("--json", action="store_true", help="one JSON object")
@@ -509,6 +543,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     json_help = "print the final status as a JSON object (with --live: one per status change, one per line)"
     sync.add_argument("--json", action="store_true", help=json_help)
+
+    summary = "replace changes already on the relay with snapshots (a smaller, faster data directory)"
+    _device_options(_command(commands, "compact", summary, _compact), env)
 
     credential = _command(commands, "credential", "this device's credentials")
     credential_commands = credential.add_subparsers(dest="credential_command", metavar="COMMAND", required=True)

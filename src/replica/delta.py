@@ -16,6 +16,8 @@ from replica import errors
 CHECKSUM_SIZE = 8
 #: Default largest delta a replica accepts from elsewhere (8 MiB).
 MAX_DELTA_BYTES = 8 * 1024 * 1024
+#: Default largest document state (snapshot) a replica accepts from elsewhere (512 MiB).
+MAX_SNAPSHOT_BYTES = 512 * 1024 * 1024
 
 
 class Delta(NamedTuple):
@@ -33,6 +35,20 @@ class Delta(NamedTuple):
 
     def __repr__(self) -> str:
         return f"Delta({self.document!r}, {self.origin!r}#{self.seq}, {len(self.data)} B)"
+
+
+class Snapshot(NamedTuple):
+    """The state of ``document`` standing for every delta of it up to
+    version vector ``vv``: one Yjs update holding at least their content.
+    Sent instead of deltas that the sender no longer holds one by one."""
+
+    document: str
+    vv: dict[str, int]
+    checksum: bytes
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.document!r}, {self.vv}, {len(self.data)} B)"
 
 
 def checksum(data: bytes) -> bytes:

@@ -50,6 +50,23 @@ def _check_key(kind: str, key: object) -> str:
     return key
 
 
+def merged_state(payloads: Iterable[bytes]) -> bytes:
+    """The state of a document holding ``payloads`` (updates in an order that
+    applies), as one update: replayed into a fresh ``Doc`` in one transaction,
+    then ``get_update()`` (``merge_updates`` is quadratic; PYCRDT-FACTS.md).
+    Raises :class:`ValueError` if they do not apply."""
+    fresh: Doc[Any] = Doc()
+    try:
+        with fresh.transaction(origin=_REMOTE):
+            for data in payloads:
+                fresh.apply_update(data)
+        return fresh.get_update()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 PanicException is a BaseException
+        raise ValueError(f"the updates do not apply ({type(exc).__name__}: {exc})") from exc
+
+
 class Document:
     """A named CRDT document of a replica. Get one with ``replica.doc(name)``."""
 
@@ -157,6 +174,10 @@ class Document:
         return {"records": records, "texts": texts}
 
     # -- for the owner (the replica) -----------------------------------------
+
+    def state(self) -> bytes:
+        """The whole state, as one update (what a snapshot stores)."""
+        return self._ydoc.get_update()
 
     @property
     def in_transaction(self) -> bool:

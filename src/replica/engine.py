@@ -33,15 +33,15 @@ from typing import Self, TypeVar
 
 from replica import delta as deltas
 from replica import errors, runs
-from replica.delta import Delta
-from replica.doc import ClientIdSource, Document
+from replica.delta import Delta, Snapshot
+from replica.doc import ClientIdSource, Document, merged_state
 from replica.events import IngestResult
 from replica.log import DeltaLog, Rejection
 from replica.names import RELAY, check_document_name, check_replica_id, new_replica_id
 from replica.status import PeerStatus, Rejected, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
-from replica.vv import VersionVector, count_missing
+from replica.vv import VersionVector, count_missing, covers, merge, of_deltas
 
 log = logging.getLogger("replica.engine")
 
@@ -64,6 +64,7 @@ class Engine:
         *,
         replica_id: str | None = None,
         max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
+        max_snapshot_bytes: int = deltas.MAX_SNAPSHOT_BYTES,
         client_ids: ClientIdSource | None = None,
     ) -> None:
         """Use :meth:`open` or :meth:`in_memory` rather than this."""
@@ -72,6 +73,7 @@ class Engine:
         self._documents: dict[str, Document] = {}
         self._closed = False
         self.max_delta_bytes = max_delta_bytes
+        self.max_snapshot_bytes = max_snapshot_bytes
         self._touched: set[str] = set()
         self._status_dirty = False
         self._change_listeners: list[Callable[[str], None]] = []
@@ -431,6 +433,111 @@ class Engine:
         with self._log.read() as txn:
             return self._log.missing(txn, document, remote)
 
+    def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None:
+        """The snapshot of ``document``, if a replica holding ``remote`` lacks
+        some of what it covers (those deltas are held here only as it)."""
+        self._check_open()
+        with self._log.read() as txn:
+            found = self._log.base(txn, document)
+        if found is None or covers(remote, found[0]):
+            return None
+        vv, data = found
+        return Snapshot(document, vv, deltas.checksum(data), data)
+
+    def ingest_snapshot(self, snapshot: Snapshot) -> IngestResult:
+        """Store and apply another replica's state of a document (it stands
+        for every delta up to ``snapshot.vv``), checked first: names, size,
+        checksum, and that it claims nothing this replica made that it does
+        not hold (a replica id clash). The state joins this replica's own
+        snapshot of the document, and the deltas it covers are dropped.
+        ``applied`` counts the deltas it brought."""
+        name = snapshot.document
+
+        def reject(reason: str, message: str) -> IngestResult:
+            refused = errors.DeltaRejected(reason, message, document=name, origin="", seq=0)
+            log.warning("%s", refused)
+            return IngestResult(0, 0, refused)
+
+        try:
+            check_document_name(name)
+            for origin, seq in snapshot.vv.items():
+                check_replica_id(origin)
+                if type(seq) is not int or not 0 <= seq < 2**63:
+                    raise ValueError(f"seq {seq!r} of {origin!r} out of range")
+        except ValueError as exc:
+            return reject(errors.REJECT_INVALID, str(exc))
+        if len(snapshot.data) > self.max_snapshot_bytes:
+            return reject(errors.REJECT_TOO_LARGE, f"{len(snapshot.data)} bytes, at most {self.max_snapshot_bytes}")
+        if deltas.checksum(snapshot.data) != snapshot.checksum:
+            return reject(errors.REJECT_CHECKSUM, "the bytes do not match their checksum (damaged in transit?)")
+        with self._writing() as txn:
+            held = self._log.version_vector(txn, name)
+            if snapshot.vv.get(self.id, 0) > held.get(self.id, 0):
+                return reject(errors.REJECT_CLASH, "it holds changes of this replica's id that this replica never made")
+            brought = count_missing(held, snapshot.vv)
+            if not brought:
+                return IngestResult(0, 1)
+            document = self.doc(name)
+            failure = document.apply_remote([snapshot.data])
+            if failure is not None:
+                document.rebuild(self._log.payloads(txn, name))
+                return reject(errors.REJECT_MALFORMED, f"not a valid Yjs update ({failure[1]})")
+            base = self._log.base_vv(txn, name)
+            claim = dict(base)
+            merge(claim, snapshot.vv)  # the old snapshot and the new state are both in the document now
+            # Held only in this state from now on: what it covers, and the old snapshot's content.
+            state = snapshot.data if not held else document.state()
+            self._log.set_base(txn, name, claim, state)
+            self._touched.add(name)
+        return IngestResult(brought, 0)
+
+    def tail_length(self, document: str) -> int:
+        """How many deltas of ``document`` follow its snapshot (all of them without one)."""
+        self._check_open()
+        with self._log.read() as txn:
+            return count_missing(self._log.base_vv(txn, document), self._log.version_vector(txn, document))
+
+    def compact(self, documents: Iterable[str] | None = None, *, bound: str | None = RELAY, keep: int = 0) -> int:
+        """Replace old deltas with a snapshot, document by document; returns
+        how many deltas were replaced.
+
+        Compacts the longest prefix of each document's deltas (in applied
+        order, so it is causally complete) that ``bound``'s watermark covers
+        (a device: only what the relay durably acknowledged, so ``unsynced``
+        deltas stay one by one; ``bound=None`` on the relay: everything),
+        keeping at least the ``keep`` newest deltas as they are. The state is
+        built by replaying into a fresh document and committed in one
+        transaction with the deletions: a crash leaves the old log or the new
+        one, never a mix."""
+        self._check_open()
+        names = self.documents() if documents is None else list(documents)
+        replaced = 0
+        for name in names:
+            with self._writing() as txn:
+                replaced += self._compact_one(txn, name, bound, keep)
+        return replaced
+
+    def _compact_one(self, txn: Txn, name: str, bound: str | None, keep: int) -> int:
+        found = self._log.base(txn, name)
+        base_vv, base_data = found if found is not None else ({}, None)
+        limit = None if bound is None else self._log.watermark(txn, bound, name)
+        tail = list(self._log.tail(txn, name))
+        take = 0
+        for item in tail[: max(0, len(tail) - keep)]:
+            if limit is not None and item.seq > limit.get(item.origin, 0):
+                break
+            take += 1
+        if not take:
+            return 0
+        claim = dict(base_vv)
+        merge(claim, of_deltas(tail[:take]))
+        payloads = ([] if base_data is None else [base_data]) + [item.data for item in tail[:take]]
+        try:
+            state = merged_state(payloads)
+        except ValueError as exc:
+            raise errors.DataDirError(f"the log of document {name!r} does not replay ({exc})") from exc
+        return self._log.set_base(txn, name, claim, state)
+
     @contextmanager
     def same_log(self) -> Iterator[None]:
         """A block in which nothing commits, so that :meth:`missing_deltas`
@@ -506,6 +613,8 @@ class Engine:
         if item.seq <= held:
             if item.seq <= stored:
                 check = self._log.checksum_of(txn, item.document, item.origin, item.seq)
+                if check is None:
+                    return False  # in the snapshot: held, but no longer one by one to compare with
             else:
                 check = next(d.checksum for d in run if d.origin == item.origin and d.seq == item.seq)
             if check != item.checksum:

@@ -86,8 +86,9 @@ class DeltaRejected(ReplicaError):
     code = "delta_rejected"
 
     def __init__(self, reason: str, message: str, *, document: str, origin: str, seq: int) -> None:
+        what = f"delta {origin}#{seq}" if seq else "the state (snapshot)"  # seq 0: a document's whole state
         super().__init__(
-            f"delta {origin}#{seq} of document {document!r} refused: {message}",
+            f"{what} of document {document!r} refused: {message}",
             code=reason,
             retryable=reason in RETRYABLE_REJECTS,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replica.delta import Delta
+from replica.delta import Delta, Snapshot
 from replica.errors import DeltaRejected, ErrorInfo
 from replica.vv import VersionVector
 
@@ -36,6 +36,15 @@ class Incoming:
 
     document: str
     deltas: tuple[Delta, ...]
+
+
+@dataclass(frozen=True)
+class IncomingSnapshot:
+    """A document's state, standing for its deltas up to ``snapshot.vv``, to
+    ingest; answer with :meth:`Session.ingested` like a batch."""
+
+    document: str
+    snapshot: Snapshot
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ class Closed:
     error: ErrorInfo | None
 
 
-Event = Connected | Incoming | Acknowledged | Denied | Rejected | Completed | Closed
+Event = Connected | Incoming | IncomingSnapshot | Acknowledged | Denied | Rejected | Completed | Closed
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,16 @@ so that keys stay short. Tables (see ``replica.store``)::
     index       doc + origin + seq                     -> pos
     watermarks  remote + 0x00 + doc                    -> msgpack {origin id: seq}
     rejected    remote + 0x00 + doc + origin           -> msgpack [from seq, code, message]
+    snapshots   doc                                    -> msgpack [{origin id: seq}, state bytes]
+
+A document's **snapshot** (at most one, its *base*) stands for every delta of
+it up to a version vector: one Yjs update holding at least their content.
+Compaction replaces the deltas it covers with it (``set_base``), and a replica
+that received a document's state from another (``replica.engine``) keeps that
+state as its base. Deltas after the base stay one by one: reopening replays
+the base, then them. The base is part of what the replica holds, so version
+vectors, ``unsynced`` and the rest count it; what it covers can only be sent
+as that state (see :meth:`DeltaLog.base`), never delta by delta.
 
 ``pos`` numbers a document's deltas in the order this replica applied them.
 Replaying a document in ``pos`` order is therefore always causally valid (each
@@ -147,7 +157,7 @@ class DeltaLog:
     # -- version vectors -----------------------------------------------------
 
     def _vv_numbers(self, txn: Txn, doc: int) -> dict[int, int]:
-        vv: dict[int, int] = {}
+        vv: dict[int, int] = self._base_numbers(txn, doc)  # the index holds only deltas after it
         prefix = _U32.pack(doc)
         end = prefix_end(prefix)
         start = prefix
@@ -184,6 +194,70 @@ class DeltaLog:
         if vv is None:
             vv = self._vv[doc] = self._vv_numbers(txn, doc)
         return vv
+
+    # -- snapshots -----------------------------------------------------------
+
+    def _base_row(self, txn: Txn, doc: int) -> tuple[dict[int, int], bytes] | None:
+        raw = txn.get("snapshots", _U32.pack(doc))
+        if raw is None:
+            return None
+        numbers, data = msgpack.unpackb(raw, strict_map_key=False)
+        return dict(numbers), data
+
+    def _base_numbers(self, txn: Txn, doc: int) -> dict[int, int]:
+        row = self._base_row(txn, doc)
+        return {} if row is None else row[0]
+
+    def base(self, txn: Txn, document: str) -> tuple[VersionVector, bytes] | None:
+        """``(version vector, state)`` of ``document``'s snapshot, if it has one."""
+        doc = self._doc(txn, document)
+        row = None if doc is None else self._base_row(txn, doc)
+        if row is None:
+            return None
+        return {self._origin_name(txn, o): seq for o, seq in row[0].items()}, row[1]
+
+    def base_vv(self, txn: Txn, document: str) -> VersionVector:
+        """What ``document``'s snapshot covers (empty without one)."""
+        found = self.base(txn, document)
+        return {} if found is None else found[0]
+
+    def set_base(self, txn: Txn, document: str, vv: Mapping[str, int], data: bytes) -> int:
+        """Make ``(vv, data)`` the snapshot of ``document`` and delete the
+        deltas it covers; returns how many were deleted. ``vv`` must cover the
+        old snapshot's, and ``data`` hold everything ``vv`` claims (the
+        caller's duty: a snapshot that claims more than it holds loses data)."""
+        doc = self._doc(txn, document, create=True)
+        assert doc is not None
+        old = self._base_numbers(txn, doc)
+        numbers: dict[int, int] = {}
+        for name, seq in vv.items():
+            number = self._origin(txn, name, create=True)
+            assert number is not None
+            numbers[number] = seq
+        if any(numbers.get(o, 0) < seq for o, seq in old.items()):
+            raise ValueError(f"a snapshot of {document!r} must cover the one it replaces")
+        dropped = 0
+        for number, top in numbers.items():
+            start = _INDEX.pack(doc, number, 0)
+            stop = _INDEX.pack(doc, number, top + 1)
+            for key, pos in list(txn.scan("index", start, stop)):
+                txn.delete("deltas", _U32.pack(doc) + pos)
+                txn.delete("index", key)
+                dropped += 1
+        txn.put("snapshots", _U32.pack(doc), msgpack.packb([numbers, data]))
+        vv_cache = self._cached_vv(txn, doc)
+        for number, seq in numbers.items():
+            vv_cache[number] = max(vv_cache.get(number, 0), seq)
+        return dropped
+
+    def tail(self, txn: Txn, document: str) -> Iterator[Delta]:
+        """The deltas of ``document`` after its snapshot, in applied order."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return
+        prefix = _U32.pack(doc)
+        for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
+            yield self._delta(txn, document, row)
 
     # -- deltas --------------------------------------------------------------
 
@@ -245,23 +319,30 @@ class DeltaLog:
         return Delta(document, self._origin_name(txn, origin), seq, check, bytes(row[_HEAD:]))
 
     def payloads(self, txn: Txn, document: str) -> Iterator[bytes]:
-        """The bytes of every delta of ``document``, in applied order (for replay)."""
+        """What replays ``document``: its snapshot's state (if any), then the
+        bytes of every delta after it, in applied order."""
         doc = self._doc(txn, document)
         if doc is None:
             return
+        base = self._base_row(txn, doc)
+        if base is not None:
+            yield base[1]
         prefix = _U32.pack(doc)
         for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
             yield row[_HEAD:]
 
     def missing(self, txn: Txn, document: str, remote: Mapping[str, int]) -> list[Delta]:
         """The deltas of ``document`` not covered by ``remote`` (a version
-        vector), in applied order, so per-origin seq order and causality hold."""
+        vector) nor by the snapshot, in applied order, so per-origin seq order
+        and causality hold. (What the snapshot covers and ``remote`` lacks
+        goes as the snapshot: see :meth:`base`.)"""
         doc = self._doc(txn, document)
         if doc is None:
             return []
         positions: list[bytes] = []
+        base = self._base_numbers(txn, doc)
         for origin, held in self._cached_vv(txn, doc).items():
-            have = remote.get(self._origin_name(txn, origin), 0)
+            have = max(remote.get(self._origin_name(txn, origin), 0), base.get(origin, 0))
             if have >= held:
                 continue
             start = _INDEX.pack(doc, origin, have + 1)

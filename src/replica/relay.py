@@ -11,17 +11,23 @@ Ed25519 key, created on first start, mode 0600), ``relay.id`` (the relay's
 replica id, so that credentials can be issued while the relay runs), and what
 the operator issued and revoked (``issued.jsonl``, ``revoked.json``: see
 ``replica.registry``), read while the relay runs.
+
+Compaction: the relay replaces the old deltas of a document with a snapshot
+once enough follow the last one (``compact_every``), keeping the newest
+(``keep``) one by one, so that a device a little behind still gets deltas
+and a new or far-behind one gets the document's state and the tail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from replica import registry
+from replica import errors, registry
 from replica.credentials import PublicKey, SigningKey
 from replica.engine import Engine
 from replica.events import Event
@@ -34,6 +40,12 @@ log = logging.getLogger("replica.relay")
 
 KEY_FILE = "relay-signing.key"
 ID_FILE = "relay.id"
+#: Compaction defaults: a document is compacted once this many deltas follow
+#: its snapshot, keeping the newest ``KEEP_DELTAS`` one by one; checked at
+#: start and every ``COMPACT_INTERVAL`` seconds for the documents that changed.
+COMPACT_EVERY = 10_000
+KEEP_DELTAS = 1_000
+COMPACT_INTERVAL = 30.0
 
 
 def relay_identity(data: str | os.PathLike[str]) -> tuple[str, SigningKey]:
@@ -61,8 +73,15 @@ class Relay:
         host: str = "127.0.0.1",
         port: int = 8765,
         limits: Limits | None = None,
+        compact_every: int | None = COMPACT_EVERY,
+        keep: int = KEEP_DELTAS,
     ) -> None:
         self.data = Path(data)
+        #: A document is compacted once this many deltas follow its snapshot (None: never).
+        self.compact_every = compact_every
+        self.keep = keep  #: the newest deltas a compaction keeps one by one (what a device a bit behind gets)
+        self._changed: set[str] = set()
+        self._compactor: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -110,6 +129,9 @@ class Relay:
                 replica, role="relay", initiator=False, authorize=self.authority.authorize, limits=self.limits
             )
 
+        self.compact_due()  # what grew while it was down, or before compaction existed
+        self._changed.clear()
+        replica.on_change(self._changed.add)
         self._listener = Listener(replica, session, self._on_event)
         try:
             await self._listener.start(self.host, self.port)
@@ -118,10 +140,38 @@ class Relay:
             self.replica = self._listener = None
             raise
         log.info("relay %s listening on %s", self.replica_id, self.url)
+        if self.compact_every is not None:
+            self._compactor = asyncio.get_running_loop().create_task(self._compact_now_and_then())
+
+    def compact_due(self, documents: Iterable[str] | None = None) -> int:
+        """Compact the documents (all by default) with more than
+        :attr:`compact_every` deltas after their snapshot, keeping the
+        :attr:`keep` newest; how many deltas were replaced."""
+        replica = self.replica
+        if replica is None or self.compact_every is None:
+            return 0
+        names = replica.documents() if documents is None else list(documents)
+        due = [name for name in names if replica.tail_length(name) > self.compact_every]
+        return replica.compact(due, bound=None, keep=self.keep) if due else 0
+
+    async def _compact_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(COMPACT_INTERVAL)
+            changed, self._changed = self._changed, set()
+            try:
+                replaced = self.compact_due(changed)
+            except errors.ReplicaError as exc:  # a storage fault: the deltas stay; try again later
+                log.warning("compaction failed: %s", exc)
+                continue
+            if replaced:
+                log.info("compacted %d deltas into snapshots", replaced)
 
     async def stop(self) -> None:
         """Close every connection and the data directory. Everything
         acknowledged is already on disk."""
+        if self._compactor is not None:
+            self._compactor.cancel()
+            self._compactor = None
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None

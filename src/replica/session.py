@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from replica import wire
-from replica.delta import Delta
+from replica.delta import MAX_SNAPSHOT_BYTES, Delta, Snapshot
 from replica.errors import ErrorInfo, ReplicaError
 from replica.events import (
     Acknowledged,
@@ -60,6 +60,7 @@ from replica.events import (
     Denied,
     Event,
     Incoming,
+    IncomingSnapshot,
     IngestResult,
     Rejected,
 )
@@ -102,6 +103,8 @@ class LogView(Protocol):
     def checksum_of(self, document: str, origin: str, seq: int) -> bytes | None: ...
 
     def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]: ...
+
+    def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None: ...
 
     def rejections(self, remote: str) -> list[Rejection]: ...
 
@@ -161,6 +164,7 @@ class Limits:
     max_frame_bytes: int = wire.MAX_FRAME_BYTES
     max_batch: int = wire.MAX_BATCH
     max_documents: int = wire.MAX_DOCUMENTS
+    max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES  # largest document state received whole
     window: int = 4  # unacknowledged batches in flight
     min_batch_bytes: int = 8 * 1024
     start_batch_bytes: int = 64 * 1024
@@ -169,13 +173,21 @@ class Limits:
     slow_ack: float = 0.5  # seconds: shrink batches when acks are slower
 
 
+@dataclass(frozen=True)
+class _Whole:
+    """A snapshot queued to send, and how many deltas the other side lacks in it."""
+
+    snapshot: Snapshot
+    count: int
+
+
 @dataclass
 class _Doc:
     remote: VersionVector  # what the other side is known to hold durably
     queued: VersionVector  # what is queued or sent, or known held there
     start_local: VersionVector
     start_remote: VersionVector
-    pending: deque[Delta] = field(default_factory=deque)
+    pending: deque[Delta | _Whole] = field(default_factory=deque)
     opening: bool = False  # asked with ``open``; nothing is sent before ``opened``
 
 
@@ -237,6 +249,7 @@ class Session:
         self._turn = 0
         self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
         self._offered: set[str] = set()  # documents offered to the initiator (live acceptor)
+        self._parts: dict[str, tuple[wire.SnapshotPart, bytearray]] = {}  # snapshots arriving, by document
         self.sent = self.to_send = self.received = self.to_receive = 0
 
     # -- the caller's vocabulary ---------------------------------------------
@@ -276,8 +289,9 @@ class Session:
         except ReplicaError as exc:
             self.fail(exc.code, exc.message, exc.retryable)
 
-    def ingested(self, event: Incoming, result: IngestResult) -> None:
-        """Report what became of an :class:`Incoming` batch, after its commit."""
+    def ingested(self, event: Incoming | IncomingSnapshot, result: IngestResult) -> None:
+        """Report what became of an :class:`Incoming` batch (or an
+        :class:`IncomingSnapshot`), after its commit."""
         if self.state is SessionState.CLOSED:
             return
         rejected = result.rejected
@@ -297,10 +311,10 @@ class Session:
             self._close(rejected.info())
             return
         state = self._docs[event.document]
-        arrived = of_deltas(event.deltas)
+        arrived = event.snapshot.vv if isinstance(event, IncomingSnapshot) else of_deltas(event.deltas)
         merge(state.remote, arrived)
         merge(state.queued, arrived)
-        self.received += len(event.deltas)
+        self.received += result.applied if isinstance(event, IncomingSnapshot) else len(event.deltas)
         self._send(wire.Ack(event.document, self.replica.version_vector(event.document)))
         self._check_complete()
 
@@ -400,6 +414,8 @@ class Session:
             # It holds what it sends: never offer those deltas back (live links would echo them).
             merge(self._docs[frame.document].queued, of_deltas(frame.deltas))
             self._events.append(Incoming(frame.document, frame.deltas))
+        elif self.state is SessionState.OPEN and isinstance(frame, wire.SnapshotPart):
+            self._snapshot_part(frame)
         elif self.state is SessionState.OPEN and isinstance(frame, wire.Ack):
             self._acked(frame, now)
         elif self.state is SessionState.OPEN and isinstance(frame, wire.Done):
@@ -413,6 +429,39 @@ class Session:
             raise ReplicaError(
                 f"unexpected {type(frame).__name__.lower()} frame in state {self.state.value}", code="unexpected_frame"
             )
+
+    def _snapshot_part(self, part: wire.SnapshotPart) -> None:
+        """Gather a snapshot's parts; the whole one becomes an :class:`IncomingSnapshot`."""
+        if part.document not in self._docs:
+            raise ReplicaError(
+                f"a snapshot of {part.document!r}, which is not open on this link", code="document_not_open"
+            )
+        if part.size > self.limits.max_snapshot_bytes:
+            raise ReplicaError(
+                f"a snapshot of {part.size} bytes; at most {self.limits.max_snapshot_bytes} accepted",
+                code="snapshot_too_large",
+            )
+        if part.offset == 0:
+            self._parts[part.document] = (part, bytearray())
+        started = self._parts.get(part.document)
+        if started is None or (started[0].vv, started[0].checksum, started[0].size) != (
+            part.vv,
+            part.checksum,
+            part.size,
+        ):
+            raise ReplicaError("a snapshot part that does not continue the one before", code="unexpected_frame")
+        buffer = started[1]
+        if part.offset != len(buffer):
+            raise ReplicaError(
+                f"snapshot bytes from {part.offset} arrived after {len(buffer)}", code="unexpected_frame"
+            )
+        buffer += part.data
+        if len(buffer) < part.size:
+            return
+        del self._parts[part.document]
+        merge(self._docs[part.document].queued, part.vv)  # it holds what it sends: never offered back
+        whole = Snapshot(part.document, dict(part.vv), part.checksum, bytes(buffer))
+        self._events.append(IncomingSnapshot(part.document, whole))
 
     def _accept(self, hello: wire.Hello, now: float) -> None:
         assert self._authorize is not None
@@ -522,6 +571,15 @@ class Session:
 
     def _refill(self, document: str, *, count: bool) -> None:
         state = self._docs[document]
+        whole = self.replica.snapshot_for(document, state.queued)
+        if whole is not None and not any(
+            name == document and seq <= whole.vv.get(origin, 0) for (name, origin), seq in self._cuts.items()
+        ):  # (never past a refusal: those deltas stay unsent)
+            lacking = count_missing(state.queued, whole.vv)
+            merge(state.queued, whole.vv)
+            state.pending.append(_Whole(whole, lacking))
+            if count:
+                self.to_send += lacking
         missing = self.replica.missing_deltas(document, state.queued)
         merge(state.queued, of_deltas(missing))
         if self._cuts:
@@ -609,6 +667,10 @@ class Session:
                     continue  # that document's next deltas were all held there already
                 break
             document, items = batch
+            if isinstance(items, _Whole):
+                self._send_snapshot(items.snapshot)
+                self._in_flight.append((document, items.count, now))
+                continue
             self._send(wire.Deltas(document, tuple(items)))
             self._in_flight.append((document, len(items), now))
         if not self._sent_done and not any(state.pending for state in self._docs.values()):
@@ -616,7 +678,14 @@ class Session:
             self._send(wire.Done())
             self._check_complete()  # the last acks may have come before the rest turned out to be held there
 
-    def _next_batch(self) -> tuple[str, list[Delta]] | None:
+    def _send_snapshot(self, whole: Snapshot) -> None:
+        step = max(1, self.limits.max_frame_bytes // 2)
+        size = len(whole.data)
+        for offset in range(0, max(size, 1), step):
+            data = whole.data[offset : offset + step]
+            self._send(wire.SnapshotPart(whole.document, whole.vv, whole.checksum, size, offset, data))
+
+    def _next_batch(self) -> tuple[str, list[Delta] | _Whole] | None:
         names = [name for name, state in self._docs.items() if state.pending]
         if not names:
             return None
@@ -624,19 +693,30 @@ class Session:
         document = names[self._turn]
         pending = self._docs[document].pending
         held = self._docs[document].remote
+        first = pending[0]
+        if isinstance(first, _Whole):
+            pending.popleft()
+            if covers(held, first.snapshot.vv):  # it got all of it meanwhile
+                self.to_send -= first.count
+                return None
+            return document, first
         items: list[Delta] = []
         size = 0
         budget = min(self._batch_bytes, self.limits.max_frame_bytes // 2)
         while pending and len(items) < self.limits.max_batch:
-            if pending[0].seq <= held.get(pending[0].origin, 0):
+            item = pending[0]
+            if isinstance(item, _Whole):
+                break  # a snapshot goes alone, in the next batch
+            if item.seq <= held.get(item.origin, 0):
                 # It got this one meanwhile (from another device through the relay, say): its ack said so.
                 pending.popleft()
                 self.to_send -= 1
                 continue
-            cost = len(pending[0].data) + 32
+            cost = len(item.data) + 32
             if items and size + cost > budget:
                 break
-            items.append(pending.popleft())
+            items.append(item)
+            pending.popleft()
             size += cost
         return (document, items) if items else None
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from replica.engine import Engine
 from replica.errors import StorageError
-from replica.events import Acknowledged, Connected, Denied, Event, Incoming, IngestResult, Rejected
+from replica.events import Acknowledged, Connected, Denied, Event, Incoming, IncomingSnapshot, IngestResult, Rejected
 from replica.log import Rejection
 from replica.names import remote_key
 from replica.session import Session
@@ -44,12 +44,12 @@ def settle(engine: Engine, sessions: Iterable[Session]) -> list[tuple[Session, E
     others: list[tuple[Session, Event]] = []
     for session in sessions:
         for event in session.events():
-            if isinstance(event, Incoming | Acknowledged | Denied | Rejected | Connected):
+            if isinstance(event, Incoming | IncomingSnapshot | Acknowledged | Denied | Rejected | Connected):
                 stored.append((session, event))
             others.append((session, event))
     if not stored:
         return others
-    results: list[tuple[Session, Incoming, IngestResult]] = []
+    results: list[tuple[Session, Incoming | IncomingSnapshot, IngestResult]] = []
     try:
         with engine.batch():
             for session, event in stored:
@@ -68,7 +68,10 @@ def settle(engine: Engine, sessions: Iterable[Session]) -> list[tuple[Session, E
 
 
 def _store(
-    engine: Engine, session: Session, event: Event, results: list[tuple[Session, Incoming, IngestResult]]
+    engine: Engine,
+    session: Session,
+    event: Event,
+    results: list[tuple[Session, Incoming | IncomingSnapshot, IngestResult]],
 ) -> None:
     if session.remote_id is None or session.remote_role is None:
         return
@@ -82,6 +85,12 @@ def _store(
             held = event.deltas[: result.applied + result.duplicates]
             for document, vv in by_document(held).items():
                 engine.acknowledge(key, document, vv)
+        return
+    if isinstance(event, IncomingSnapshot):
+        result = engine.ingest_snapshot(event.snapshot)
+        results.append((session, event, result))
+        if tracked and result.rejected is None:  # it held this state: it holds those deltas
+            engine.acknowledge(key, event.document, event.snapshot.vv)
         return
     if not tracked:
         return

@@ -20,7 +20,7 @@ from replica.delta import CHECKSUM_SIZE, Delta
 from replica.errors import ReplicaError
 from replica.vv import VersionVector
 
-VERSION = 1
+VERSION = 2  #: 2: snapshots (``snap`` frames)
 
 #: Default limits; both ends announce theirs and a frame over a limit is an error.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -93,6 +93,20 @@ class Deltas:
 
 
 @dataclass(frozen=True)
+class SnapshotPart:
+    """Bytes ``offset`` to ``offset + len(data)`` of a document's state
+    (``size`` bytes in all, with ``checksum``) standing for every delta of
+    it up to ``vv``; parts come in order, and the receiver acks the whole."""
+
+    document: str
+    vv: VersionVector
+    checksum: bytes
+    size: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Ack:
     """The sender's version vector of ``document`` after its commit."""
 
@@ -135,7 +149,7 @@ class Error:
     seq: int | None = None
 
 
-Frame = Hello | Welcome | Proof | Deltas | Ack | Open | Opened | Done | Error
+Frame = Hello | Welcome | Proof | Deltas | SnapshotPart | Ack | Open | Opened | Done | Error
 
 
 # -- encoding ----------------------------------------------------------------
@@ -154,6 +168,18 @@ def encode(frame: Frame) -> bytes:
         return _packb({"t": "deltas", "doc": frame.document, "o": list(origins), "d": rows})
     if isinstance(frame, Ack):
         return _packb({"t": "ack", "doc": frame.document, "vv": frame.vv})
+    if isinstance(frame, SnapshotPart):
+        return _packb(
+            {
+                "t": "snap",
+                "doc": frame.document,
+                "vv": frame.vv,
+                "sum": frame.checksum,
+                "n": frame.size,
+                "at": frame.offset,
+                "d": frame.data,
+            }
+        )
     if isinstance(frame, Hello):
         return _packb(
             _compact(
@@ -448,7 +474,20 @@ def _error(body: dict[str, Any], _: int) -> Error:
     )
 
 
+def _snapshot_part(body: dict[str, Any], max_batch: int) -> SnapshotPart:
+    check = body["sum"]
+    size, offset, data = body["n"], body["at"], body["d"]
+    if type(check) is not bytes or len(check) != CHECKSUM_SIZE:
+        raise ValueError("'sum' must be an 8-byte checksum")
+    if type(size) is not int or type(offset) is not int or type(data) is not bytes:
+        raise ValueError("'n' and 'at' must be integers and 'd' bytes")
+    if not 0 <= offset < offset + len(data) <= size < 2**40:
+        raise ValueError(f"bytes {offset} to {offset + len(data)} of {size} are out of range")
+    return SnapshotPart(_str(body, "doc"), _vv(body["vv"]), check, size, offset, data)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Frame]] = {
+    "snap": _snapshot_part,
     "hello": _hello,
     "welcome": _welcome,
     "proof": _proof,

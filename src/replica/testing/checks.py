@@ -29,8 +29,10 @@ from replica.vv import VersionVector, count_missing, covers
 def replayed(replica: Engine, name: str) -> bytes:
     """:func:`canonical` of ``name`` rebuilt from the replica's log alone."""
     fresh = Document(name, _refuse_writes)
+    snapshot = replica.snapshot_for(name, {})
+    payloads = [] if snapshot is None else [snapshot.data]
     try:
-        fresh.rebuild(item.data for item in replica.missing_deltas(name, {}))
+        fresh.rebuild(payloads + [item.data for item in replica.missing_deltas(name, {})])
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # pyo3 panics are BaseExceptions
@@ -46,21 +48,26 @@ def _refuse_writes(document: Document, update: bytes) -> None:
 
 
 def log_version_vectors(replica: Engine) -> dict[str, VersionVector]:
-    """Every document's version vector, after checking that the log holds
-    seqs 1..n of each origin and nothing else."""
+    """Every document's version vector, after checking that the log holds,
+    of each origin, seqs 1..n: up to its snapshot's in the snapshot, and the
+    rest one by one, contiguous, and nothing else."""
     out = {}
     for name in replica.documents():
+        snapshot = replica.snapshot_for(name, {})
+        base = {} if snapshot is None else snapshot.vv
         seqs: dict[str, list[int]] = {}
         for item in replica.missing_deltas(name, {}):
             seqs.setdefault(item.origin, []).append(item.seq)
         for origin, found in seqs.items():
-            assert sorted(found) == list(range(1, len(found) + 1)), (
-                f"{replica.id}: the log of {name} holds seqs {sorted(found)} of {origin}: not contiguous"
+            first = base.get(origin, 0) + 1
+            assert sorted(found) == list(range(first, first + len(found))), (
+                f"{replica.id}: the log of {name} holds seqs {sorted(found)} of {origin} after its snapshot "
+                f"(to {first - 1}): not contiguous"
             )
         vv = replica.version_vector(name)
-        assert vv == {origin: len(found) for origin, found in seqs.items()}, (
-            f"{replica.id}: version vector {vv} of {name} does not match its log {seqs}"
-        )
+        expected = {origin: seq for origin, seq in base.items() if seq}
+        expected.update({origin: base.get(origin, 0) + len(found) for origin, found in seqs.items()})
+        assert vv == expected, f"{replica.id}: version vector {vv} of {name} does not match its log {seqs}"
         out[name] = vv
     return out
 

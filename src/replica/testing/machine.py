@@ -301,6 +301,14 @@ class FleetMachine(RuleBasedStateMachine):
                 fleet.revoke(name)
         note(f"{name}'s credential {'is restored' if revoked else 'is revoked'}")
 
+    @rule(node=st.integers(0, 9), keep=st.integers(0, 3))
+    def compact(self, node: int, keep: int) -> None:
+        """A node compacts (``node`` 0 to 2 is the relay, otherwise a
+        device), keeping its ``keep`` newest deltas of each document."""
+        name = self._node_name(node)
+        stories = [fleet.compact(name, keep) for fleet in self.fleets]
+        note(stories[0])
+
     @rule(node=st.integers(0, 9), skew=skews())
     def clock(self, node: int, skew: float) -> None:
         """A node's clock is set right or ahead (see :func:`skews`; ``node``

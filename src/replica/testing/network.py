@@ -669,6 +669,25 @@ class Fleet:
         fail_next_commit(self.replica(name))
         return f"{name}'s next commit will fail"
 
+    def compact(self, name: str, keep: int) -> str:
+        """Replica ``name`` compacts every document, keeping its ``keep``
+        newest deltas: a device only what the relay acknowledged, the relay
+        everything. Nothing anyone can see may change (a failed commit
+        leaves the log as it was)."""
+        node = self.nodes[name]
+        before = self.committed_state(node)
+        bound = None if node.role == "relay" else RELAY
+        try:
+            replaced = node.replica.compact(bound=bound, keep=keep)
+        except StorageError:
+            story = f"{name} tried to compact, and its commit failed"
+        else:
+            story = f"{name} compacted {replaced} deltas into snapshots"
+        after = self.committed_state(node)
+        if after != before:
+            raise AssertionError(f"{name}: compaction changed what it holds:\nbefore {before}\nafter  {after}")
+        return story
+
     def set_skew(self, name: str, skew: float) -> str:
         """Set how far ahead of the fleet's time node ``name``'s clock is."""
         self.nodes[name].skew = skew

@@ -1,0 +1,192 @@
+"""Snapshots and compaction (issue 12): a document's old deltas replaced by
+its state, reopen = snapshot + tail, catch-up by state through a real relay
+and between peers, and the semantics that must survive: exact ``unsynced``,
+no unacknowledged own delta ever dropped, duplicates of compacted deltas
+recognised, bad states refused before anything is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from replica import Replica, net
+from replica.delta import Snapshot, checksum
+from replica.engine import Engine
+from replica.errors import REJECT_CHECKSUM, REJECT_CLASH, REJECT_MALFORMED
+from replica.names import RELAY
+from replica.relay import Relay
+from replica.session import Limits
+from replica.status import SyncState
+from server_process import CLI
+
+DOC = "c7/households"
+HOUR = 3600.0
+
+
+def fill(replica: Engine, n: int, *, start: int = 0) -> None:
+    rows = replica.doc(DOC).records("households")
+    with replica.batch():
+        for i in range(start, start + n):
+            rows.put(f"h{i % 50}", {"head": f"name {i}", "n": i})
+
+
+def contents(replica: Engine) -> dict[str, object]:
+    return dict(replica.doc(DOC).records("households").items())
+
+
+def acknowledge(replica: Engine, vv: dict[str, int]) -> None:
+    """As if the relay had durably acknowledged ``vv`` (what settle records)."""
+    with replica.batch():
+        replica.acknowledge(RELAY, DOC, vv)
+
+
+# -- the log -------------------------------------------------------------------
+
+
+def test_a_device_compacts_only_what_the_relay_acknowledged(tmp_path: Path) -> None:
+    with Replica.open(tmp_path, replica_id="dev-a") as device:
+        fill(device, 300)
+        assert device.compact() == 0  # nothing is on the relay yet
+        acknowledge(device, {"dev-a": 200})
+        before, held = contents(device), device.version_vector(DOC)
+        assert device.compact() == 200
+        assert device.version_vector(DOC) == held and contents(device) == before
+        assert device.status().unsynced == 100  # exact, before and after
+        assert device.tail_length(DOC) == 100
+        unsent = device.missing_deltas(DOC, {"dev-a": 200})
+        assert [d.seq for d in unsent] == list(range(201, 301))  # every unacknowledged one, one by one
+        assert device.snapshot_for(DOC, {"dev-a": 200}) is None
+        whole = device.snapshot_for(DOC, {})
+        assert whole is not None and whole.vv == {"dev-a": 200}
+    with Replica.open(tmp_path) as reopened:  # snapshot + tail
+        assert contents(reopened) == before and reopened.status().unsynced == 100
+
+
+def test_the_relay_compacts_all_but_the_newest(tmp_path: Path) -> None:
+    with Engine.open(tmp_path, replica_id="relay-x") as relay:
+        fill(relay, 500)
+        assert relay.compact(bound=None, keep=120) == 380
+        assert relay.tail_length(DOC) == 120
+        assert relay.compact(bound=None, keep=120) == 0
+        assert [d.seq for d in relay.missing_deltas(DOC, {"relay-x": 400})] == list(range(401, 501))
+
+
+def test_a_compacted_delta_arriving_again_is_a_duplicate_not_a_clash(tmp_path: Path) -> None:
+    with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
+        fill(a, 30)
+        sent = a.missing_deltas(DOC, {})
+        assert b.ingest(sent).applied == 30
+        acknowledge(b, {"dev-a": 30})
+        assert b.compact() == 30
+        again = b.ingest(sent)
+        assert (again.applied, again.duplicates, again.rejected) == (0, 30, None)
+
+
+def test_bad_states_are_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
+        fill(a, 10)
+        acknowledge(a, {"dev-a": 10})
+        a.compact()
+        good = a.snapshot_for(DOC, {})
+        assert good is not None
+        damaged = good._replace(data=good.data[:-1] + bytes([good.data[-1] ^ 1]))
+        garbage = Snapshot(DOC, {"dev-a": 10}, checksum(b"\x05\xff\xff\xff"), b"\x05\xff\xff\xff")
+        mine = good._replace(vv={"dev-a": 10, "dev-b": 3})  # claims changes dev-b never made
+        for bad, code in ((damaged, REJECT_CHECKSUM), (garbage, REJECT_MALFORMED), (mine, REJECT_CLASH)):
+            result = b.ingest_snapshot(bad)
+            assert result.rejected is not None and result.rejected.code == code, (code, result)
+            assert b.version_vector(DOC) == {} and contents(b) == {}
+        assert b.ingest_snapshot(good).applied == 10
+        assert contents(b) == contents(a) and b.version_vector(DOC) == {"dev-a": 10}
+
+
+def test_a_state_joins_what_the_receiver_already_held(tmp_path: Path) -> None:
+    with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
+        fill(a, 40)
+        b.ingest(a.missing_deltas(DOC, {})[:15])
+        b.doc(DOC).records("households").put("mine", {"head": "B"})
+        acknowledge(a, {"dev-a": 40})
+        a.compact()
+        whole = a.snapshot_for(DOC, b.version_vector(DOC))
+        assert whole is not None
+        assert b.ingest_snapshot(whole).applied == 25
+        assert b.version_vector(DOC) == {"dev-a": 40, "dev-b": 1}
+        assert b.missing_deltas(DOC, {"dev-a": 40}) and b.status().unsynced == 41
+        expected = {**contents(a), "mine": {"head": "B"}}
+        assert contents(b) == expected
+    with Replica.open(tmp_path / "b") as reopened:
+        assert contents(reopened) == expected
+
+
+# -- through the network ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame_bytes", [16 * 1024 * 1024, 4096], ids=["one-frame", "in-parts"])
+def test_a_new_device_catches_up_from_the_relay_by_state(tmp_path: Path, frame_bytes: int) -> None:
+    async def main() -> None:
+        limits = Limits(max_frame_bytes=frame_bytes)
+        async with Relay(tmp_path / "relay", port=0, limits=limits, compact_every=None, keep=50) as relay:
+            token = lambda name: relay.issue_credential(name, ["c7/*"], expires_at=time.time() + HOUR)  # noqa: E731
+            with Replica.open(tmp_path / "writer", replica_id="writer") as writer:
+                fill(writer, 2_000)
+                first = await net.sync_once(writer, relay.url, credential=token("writer"), limits=limits)
+                assert first.state is SyncState.SYNCED
+                expected = contents(writer)
+            assert relay.replica is not None and relay.replica.compact(bound=None, keep=50) == 1_950
+            with Replica.open(tmp_path / "new", replica_id="new") as fresh:
+                final = await net.sync_once(fresh, relay.url, credential=token("new"), limits=limits)
+                assert final.state is SyncState.SYNCED and final.unsynced == 0, final
+                assert final.progress.received == 2_000 == final.progress.to_receive
+                assert contents(fresh) == expected and fresh.version_vector(DOC) == {"writer": 2_000}
+                assert fresh.tail_length(DOC) == 50  # it keeps the state it got as its snapshot
+                fresh.doc(DOC).records("households").put("new-1", {"head": "N"})
+                assert (await net.sync_once(fresh, relay.url, credential=None, limits=limits)).unsynced == 0
+            with Replica.open(tmp_path / "writer") as writer:  # a little behind: deltas, not the state
+                final = await net.sync_once(writer, relay.url, credential=None, limits=limits)
+                assert final.state is SyncState.SYNCED and final.progress.received == 1
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_compacted_device_serves_a_fresh_peer_and_carry_still_works(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0, compact_every=None) as relay:
+            token = lambda name: relay.issue_credential(name, ["c7/*"], expires_at=time.time() + HOUR)  # noqa: E731
+            with (
+                Replica.open(tmp_path / "tablet", replica_id="tablet") as tablet,
+                Replica.open(tmp_path / "phone", replica_id="phone") as phone,
+            ):
+                assert (await phone.sync(relay.url, credential=token("phone"))).state is SyncState.SYNCED
+                fill(tablet, 500)
+                assert (await tablet.sync(relay.url, credential=token("tablet"))).unsynced == 0
+                fill(tablet, 20, start=500)  # offline: not on the relay
+                assert tablet.compact() == 500 and tablet.status().unsynced == 20
+                async with await tablet.serve_peers("127.0.0.1", 0) as server:
+                    final = await phone.sync(server.url, peer=True)
+                assert final.state is SyncState.SYNCED and final.progress.received == 520, final
+                assert contents(phone) == contents(tablet)
+                carried = await phone.sync(relay.url)  # the phone carries the tablet's 20 up
+                assert carried.state is SyncState.SYNCED and carried.progress.sent == 20, carried
+                assert (await tablet.sync(relay.url)).progress.sent == 0
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_compact_commands(tmp_path: Path) -> None:
+    with Replica.open(tmp_path / "tablet", replica_id="tablet") as device:
+        fill(device, 30)
+        acknowledge(device, {"tablet": 30})
+    done = subprocess.run([*CLI, "compact", "--data", str(tmp_path / "tablet")], capture_output=True, text=True)
+    assert done.returncode == 0 and "Compacted 30 changes" in done.stdout, done
+    relay_dir = tmp_path / "relay"
+    Relay(relay_dir)  # its identity
+    with Engine.open(relay_dir, replica_id=(relay_dir / "relay.id").read_text().strip()) as relay:
+        fill(relay, 40)
+    done = subprocess.run(
+        [*CLI, "relay", "compact", "--data", str(relay_dir), "--keep", "10"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "Compacted 30 deltas" in done.stdout, done
