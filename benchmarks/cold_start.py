@@ -91,6 +91,7 @@ def digest(items: list[tuple[str, dict[str, Any]]]) -> str:
 async def _build(source: Path, relay_dir: Path, n: int) -> tuple[Expected, list[bytes], float]:
     """The source device's history, uploaded once to a relay on ``relay_dir``."""
     with Stopwatch() as sw, Replica.open(source, replica_id=SOURCE) as device:
+        device.compact_every = None  # its deltas one by one are the baselines' input
         state = _history(device, n)
         held = device.version_vector(DOCUMENT)
         if held != {SOURCE: n}:

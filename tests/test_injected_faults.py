@@ -31,11 +31,10 @@ from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import replica.doc
-import replica.engine
 import test_net
 import test_runs
 import test_trust
-from replica import net, runs, trust, wire
+from replica import compaction, net, runs, trust, wire
 from replica.delta import Delta
 from replica.doc import Document
 from replica.engine import Engine
@@ -358,12 +357,12 @@ def snapshot_claims_more_than_it_holds() -> Iterator[None]:
     """A compaction builds its snapshot without the last delta it replaces,
     and still claims it: the snapshot's version vector says more than its
     state holds."""
-    build = replica.engine.merged_state
+    build = compaction.merged_state
 
     def short(payloads: list[bytes]) -> bytes:
         return build(payloads[:-1])
 
-    with _patched(replica.engine, "merged_state", short):
+    with _patched(compaction, "merged_state", short):
         yield
 
 
@@ -371,20 +370,22 @@ def snapshot_claims_more_than_it_holds() -> Iterator[None]:
 def compaction_drops_unacknowledged_own_deltas() -> Iterator[None]:
     """A device's compaction also drops its own deltas the relay has not
     acknowledged, without putting them in its snapshot."""
-    compact_one = Engine._compact_one
+    compact_document = compaction.compact_document
 
-    def dropping(self: Engine, txn: Txn, name: str, bound: str | None, keep: int) -> int:
-        replaced = compact_one(self, txn, name, bound, keep)
-        base = self._log.base(txn, name)
+    def dropping(log: DeltaLog, txn: Txn, name: str, *, bound: str | None, keep: int) -> int:
+        replaced = compact_document(log, txn, name, bound=bound, keep=keep)
+        base = log.base(txn, name)
         if bound is None or base is None:
             return replaced
         vv, data = base
-        mine = self._log.version_vector(txn, name).get(self.id, 0)
-        if mine > vv.get(self.id, 0):
-            replaced += self._log.set_base(txn, name, {**vv, self.id: mine}, data)
+        own = log.get_meta(txn, "replica_id")
+        assert own is not None
+        mine = log.version_vector(txn, name).get(own, 0)
+        if mine > vv.get(own, 0):
+            replaced += log.set_base(txn, name, {**vv, own: mine}, data)
         return replaced
 
-    with _patched(Engine, "_compact_one", dropping):
+    with _patched(compaction, "compact_document", dropping):
         yield
 
 

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
     {"wire", "events"},
     {"log", "runs"},
+    {"compaction", "doccache"},
     {"engine", "session"},
     {"trust", "discovery", "registry"},
     {"sync"},

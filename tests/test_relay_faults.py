@@ -362,7 +362,26 @@ def _batch_too_large(world: BadInputWorld, case: str) -> Plan:
     return Plan(hello=world.hello({households(case): {}}), bad=msgpack.packb(body, use_bin_type=True))
 
 
+def _snapshot(world: BadInputWorld, case: str, data: bytes, check: bytes, size: int | None = None) -> Plan:
+    whole = delta.Snapshot(households(case), {INTRUDER: 1}, check, data)
+    part = wire.snapshot_parts(whole)[0]
+    if size is not None:
+        part = dataclasses.replace(part, size=size)
+    return Plan(hello=world.hello({households(case): {}}), bad=wire.encode(part))
+
+
 CASES: dict[str, Case] = {
+    "snapshot-bad-checksum": Case(
+        lambda w, c: _snapshot(w, c, _valid_update(c), delta.checksum(b"other")), "delta_checksum"
+    ),
+    "snapshot-malformed-yjs": Case(
+        lambda w, c: _snapshot(w, c, b"\x02\x00" + b"\xff" * 48, delta.checksum(b"\x02\x00" + b"\xff" * 48)),
+        "delta_malformed",
+    ),
+    "snapshot-too-large": Case(
+        lambda w, c: _snapshot(w, c, b"\x00\x00", delta.checksum(b"\x00\x00"), size=delta.MAX_SNAPSHOT_BYTES + 1),
+        "snapshot_too_large",
+    ),
     "garbage-bytes": Case(lambda w, c: Plan(b"\xc1\xff\x00garbage\x93"), "bad_frame"),
     "text-message": Case(lambda w, c: Plan("hello relay"), "bad_frame"),
     "msgpack-list": Case(lambda w, c: Plan(msgpack.packb(["hello", 1])), "bad_frame"),

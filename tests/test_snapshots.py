@@ -190,3 +190,68 @@ def test_compact_commands(tmp_path: Path) -> None:
         [*CLI, "relay", "compact", "--data", str(relay_dir), "--keep", "10"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "Compacted 30 deltas" in done.stdout, done
+
+
+def test_a_device_compacts_by_itself_after_a_relay_sync(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0, compact_every=None) as relay:
+            token = relay.issue_credential("tablet", ["c7/*"], expires_at=time.time() + HOUR)
+            with Replica.open(tmp_path / "tablet", replica_id="tablet") as device:
+                device.compact_every = 100
+                fill(device, 150)
+                final = await device.sync(relay.url, credential=token)
+                assert final.state is SyncState.SYNCED and device.tail_length(DOC) == 0
+                fill(device, 50, start=150)
+                await device.sync(relay.url)
+                assert device.tail_length(DOC) == 50  # under the threshold: left as it is
+                assert device.status().unsynced == 0
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+COMPACTING_CHILD = """
+import sys
+from replica.engine import Engine
+with Engine.open(sys.argv[1]) as replica:
+    print("compacting", flush=True)
+    replica.compact(bound=None)
+    print("compacted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_sigkill_during_compaction_loses_nothing(tmp_path: Path, delay: float) -> None:
+    path = tmp_path / "dev"
+    with Engine.open(path, replica_id="dev-k") as replica:
+        fill(replica, 30_000)
+        expected, held = contents(replica), replica.version_vector(DOC)
+    child = subprocess.Popen([*CLI[:1], "-c", COMPACTING_CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "compacting"
+        time.sleep(delay)  # somewhere in the replay, the deletions or the commit
+        child.send_signal(9)
+        child.wait(30)
+    finally:
+        child.kill()
+    with Engine.open(path) as reopened:
+        assert reopened.version_vector(DOC) == held
+        assert contents(reopened) == expected
+        assert reopened.tail_length(DOC) in (0, 30_000)  # the old log or the new one, nothing between
+
+
+def test_compaction_in_steps_ends_where_one_step_would(tmp_path: Path) -> None:
+    with (
+        Engine.open(tmp_path / "a", replica_id="relay-a") as stepped,
+        Engine.open(tmp_path / "b", replica_id="relay-a") as whole,
+    ):
+        for replica in (stepped, whole):
+            fill(replica, 1_000)
+        steps = []
+        while step := stepped.compact(bound=None, keep=100, most=250):
+            steps.append(step)
+        assert steps == [250, 250, 250, 150]
+        assert whole.compact(bound=None, keep=100) == 900
+        assert stepped.version_vector(DOC) == whole.version_vector(DOC)
+        assert stepped.tail_length(DOC) == whole.tail_length(DOC) == 100
+        assert contents(stepped) == contents(whole)
+        assert stepped.snapshot_for(DOC, {}).vv == whole.snapshot_for(DOC, {}).vv  # type: ignore[union-attr]

@@ -97,6 +97,11 @@ def test_mutated_frames_raise_only_protocol_errors(frame: wire.Frame, data: st.D
         ({"t": "deltas", "doc": "d", "o": ["x"], "d": [[0, 1, b"12345678", "text"]]}, "bad_frame"),
         ({"t": "deltas", "doc": "d", "o": [3], "d": []}, "bad_frame"),
         ({"t": "ack", "doc": "d"}, "bad_frame"),
+        ({"t": "snap", "doc": "d", "vv": {}, "sum": b"short", "n": 2, "at": 0, "d": b"ab"}, "bad_frame"),
+        ({"t": "snap", "doc": "d", "vv": {}, "sum": b"12345678", "n": 1, "at": 0, "d": b"ab"}, "bad_frame"),
+        ({"t": "snap", "doc": "d", "vv": {}, "sum": b"12345678", "n": 9, "at": -1, "d": b"ab"}, "bad_frame"),
+        ({"t": "snap", "doc": "d", "vv": {}, "sum": b"12345678", "n": 9, "at": 0, "d": "text"}, "bad_frame"),
+        ({"t": "snap", "doc": "d", "vv": {"o": -1}, "sum": b"12345678", "n": 2, "at": 0, "d": b"ab"}, "bad_frame"),
         ({"t": "error", "code": "x", "msg": "m", "retry": "yes"}, "bad_frame"),
     ],
 )
@@ -126,3 +131,29 @@ def test_deltas_share_an_origin_table() -> None:
     encoded = wire.encode(wire.Deltas("d", items))
     assert encoded.count(b"a-long-origin-name") == 1
     assert wire.decode(encoded) == wire.Deltas("d", items)
+
+
+def test_a_version_1_side_is_told_to_update() -> None:
+    """Version 2 added snapshots: an app or relay of version 1 could not read them."""
+    with pytest.raises(ProtocolError) as info:
+        wire.decode(msgpack.packb({"t": "hello", "v": 1, "id": "a", "role": "device"}))
+    assert info.value.code == "unsupported_version" and "update the app or the relay" in info.value.message
+
+
+def test_a_snapshot_travels_in_parts_and_is_gathered_whole() -> None:
+    from replica.delta import Snapshot, checksum
+
+    data = bytes(range(256)) * 40
+    whole = Snapshot("c7/h", {"dev-a": 9}, checksum(data), data)
+    parts = wire.snapshot_parts(whole, max_frame_bytes=2048)
+    assert len(parts) == 10 and all(len(p.data) <= 1024 for p in parts)
+    gathering = wire.SnapshotParts(max_bytes=1 << 20)
+    decoded = [wire.decode(wire.encode(part)) for part in parts]
+    assert [gathering.add(p) for p in decoded[:-1]] == [None] * 9  # type: ignore[arg-type]
+    assert gathering.add(decoded[-1]) == whole  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError) as info:
+        wire.SnapshotParts(max_bytes=1 << 20).add(parts[3])  # not from the start
+    assert info.value.code == "unexpected_frame"
+    with pytest.raises(ProtocolError) as info:
+        wire.SnapshotParts(max_bytes=100).add(parts[0])
+    assert info.value.code == "snapshot_too_large"

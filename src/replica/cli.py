@@ -166,7 +166,7 @@ def _relay(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = cli_input.stop_on_signals()
         try:
-            relay = Relay(args.data, host=args.host, port=args.port)
+            relay = Relay(args.data, host=args.host, port=args.port, doc_cache_mb=args.doc_cache_mb)
         except OSError as exc:
             raise cli_input.error(
                 "data_dir_error", f"cannot use the relay's data directory {args.data}: {exc.strerror}"
@@ -501,6 +501,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     relay.add_argument("--data", metavar="DIR", help="the relay's data directory (created if missing)")
     relay.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     relay.add_argument("--port", type=cli_input.port, default=8765, help="port to listen on (0 picks a free one)")
+    cache_help = "memory budget (MB) of the documents kept loaded; the least recently used are unloaded"
+    relay.add_argument("--doc-cache-mb", type=cli_input.megabytes, default=256.0, help=cache_help)
     relay_commands = relay.add_subparsers(dest="relay_command", metavar="COMMAND")
     issue = _command(
         relay_commands, "relay issue-credential", "print a credential signed by this relay", _issue_credential

@@ -68,14 +68,18 @@ def device_key(text: str) -> PublicKey:
         ) from None
 
 
-def seconds(text: str) -> float:
+def _positive(text: str, below: float, code: str, what: str) -> float:
     try:
-        seconds = float(text)
+        value = float(text)
     except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e9:
-        raise error("bad_timeout", f"{text!r} is not a number of seconds above 0")
-    return seconds
+        value = -1.0
+    if not 0 < value < below:
+        raise error(code, f"{text!r} is not {what}")
+    return value
+
+
+def seconds(text: str) -> float:
+    return _positive(text, 1e9, "bad_timeout", "a number of seconds above 0")
 
 
 def device_dir(args: argparse.Namespace) -> Path:
@@ -157,6 +161,11 @@ def print_json(value: object) -> None:
 
 def status_json(replica_id: str, status: SyncStatus) -> dict[str, Any]:
     return {"replica_id": replica_id, **asdict(status), "state": status.state.value, "label": status.label}
+
+
+def megabytes(text: str) -> float:
+    """A positive size in MB (``--doc-cache-mb``)."""
+    return _positive(text, 1e7, "bad_size", "a size in MB (a positive number, such as 256)")
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -31,17 +31,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
+from replica import compaction, errors, runs
 from replica import delta as deltas
-from replica import errors, runs
 from replica.delta import Delta, Snapshot
-from replica.doc import ClientIdSource, Document, merged_state
+from replica.doc import ClientIdSource, Document
+from replica.doccache import DocumentCache
 from replica.events import IngestResult
 from replica.log import DeltaLog, Rejection
 from replica.names import RELAY, check_document_name, check_replica_id, new_replica_id
 from replica.status import PeerStatus, Rejected, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
-from replica.vv import VersionVector, count_missing, covers, merge, of_deltas
+from replica.vv import VersionVector, count_missing, covers, merge
 
 log = logging.getLogger("replica.engine")
 
@@ -66,11 +67,12 @@ class Engine:
         max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
         max_snapshot_bytes: int = deltas.MAX_SNAPSHOT_BYTES,
         client_ids: ClientIdSource | None = None,
+        doc_cache_bytes: int | None = None,
     ) -> None:
         """Use :meth:`open` or :meth:`in_memory` rather than this."""
         self._log = DeltaLog(store)
         self.path: Path | None = None  #: the data directory (None in memory)
-        self._documents: dict[str, Document] = {}
+        self._documents = DocumentCache(doc_cache_bytes)
         self._closed = False
         self.max_delta_bytes = max_delta_bytes
         self.max_snapshot_bytes = max_snapshot_bytes
@@ -123,6 +125,7 @@ class Engine:
         map_size: int | None = None,
         max_delta_bytes: int = deltas.MAX_DELTA_BYTES,
         readonly: bool = False,
+        doc_cache_bytes: int | None = None,
     ) -> Self:
         """Open (or create) the replica whose data directory is ``path``.
 
@@ -133,12 +136,15 @@ class Engine:
         the largest foreign delta accepted. ``readonly``: read an existing
         directory without locking it, while another process may hold it
         (``replica status`` during a live sync); any write is a
-        :class:`~replica.errors.StorageError`.
+        :class:`~replica.errors.StorageError`. ``doc_cache_bytes``: a memory
+        budget for loaded documents (see ``replica.doccache``; a relay's
+        option: a ``Document`` held by the caller may be evicted, so take it
+        from :meth:`doc` each time); None keeps every document loaded.
         """
         from replica.store.lmdb import DEFAULT_MAP_SIZE, LmdbStore
 
         store = LmdbStore(path, map_size=DEFAULT_MAP_SIZE if map_size is None else map_size, readonly=readonly)
-        engine = cls(store, replica_id=replica_id, max_delta_bytes=max_delta_bytes)
+        engine = cls(store, replica_id=replica_id, max_delta_bytes=max_delta_bytes, doc_cache_bytes=doc_cache_bytes)
         engine.path = Path(path)
         return engine
 
@@ -162,9 +168,7 @@ class Engine:
         if self._log.store.in_write:
             raise RuntimeError("close() inside replica.batch()")
         self._closed = True
-        for document in self._documents.values():
-            document.close()
-        self._documents.clear()
+        self._documents.close()
         self._status_listeners.clear()
         self._change_listeners.clear()
         self._log.store.close()
@@ -197,10 +201,23 @@ class Engine:
             self._check_open()
             check_document_name(name)
             found = Document(name, self._commit_local, client_ids=self._client_ids)
+            size = 0
+
+            def counted(txn: Txn) -> Iterator[bytes]:
+                nonlocal size
+                for data in self._log.payloads(txn, name):
+                    size += len(data)
+                    yield data
+
             with self._log.read() as txn:
-                found.rebuild(self._log.payloads(txn, name))
-            self._documents[name] = found
+                found.rebuild(counted(txn))
+            self._documents.add(found, size)
         return found
+
+    def loaded(self) -> tuple[list[str], int]:
+        """The documents loaded in memory now (least recently used first), and
+        the estimate of the memory they hold in bytes (see ``replica.doccache``)."""
+        return [name for name, _ in self._documents.items()], self._documents.estimate
 
     def documents(self) -> list[str]:
         """Names of the documents that hold at least one delta."""
@@ -374,6 +391,8 @@ class Engine:
                 self._missing_memo.clear()
         if outermost and (self._touched or self._status_dirty):
             self._notify_changes()
+        if outermost:
+            self._documents.evict()
 
     def _reload(self) -> None:
         with self._log.read() as txn:
@@ -394,6 +413,7 @@ class Engine:
     def _append_local(self, txn: Txn, document: Document, update: bytes) -> None:
         self._log.append_next(txn, document.name, self.id, update)
         self._touched.add(document.name)
+        self._documents.grew(document.name, len(update))
 
     # -- what sessions read (``replica.session.LogView``) ---------------------
 
@@ -458,18 +478,9 @@ class Engine:
             log.warning("%s", refused)
             return IngestResult(0, 0, refused)
 
-        try:
-            check_document_name(name)
-            for origin, seq in snapshot.vv.items():
-                check_replica_id(origin)
-                if type(seq) is not int or not 0 <= seq < 2**63:
-                    raise ValueError(f"seq {seq!r} of {origin!r} out of range")
-        except ValueError as exc:
-            return reject(errors.REJECT_INVALID, str(exc))
-        if len(snapshot.data) > self.max_snapshot_bytes:
-            return reject(errors.REJECT_TOO_LARGE, f"{len(snapshot.data)} bytes, at most {self.max_snapshot_bytes}")
-        if deltas.checksum(snapshot.data) != snapshot.checksum:
-            return reject(errors.REJECT_CHECKSUM, "the bytes do not match their checksum (damaged in transit?)")
+        found = compaction.refusal(snapshot, max_bytes=self.max_snapshot_bytes)
+        if found is not None:
+            return reject(*found)
         with self._writing() as txn:
             held = self._log.version_vector(txn, name)
             if snapshot.vv.get(self.id, 0) > held.get(self.id, 0):
@@ -489,6 +500,7 @@ class Engine:
             state = snapshot.data if not held else document.state()
             self._log.set_base(txn, name, claim, state)
             self._touched.add(name)
+            self._documents.grew(name, len(snapshot.data))
         return IngestResult(brought, 0)
 
     def tail_length(self, document: str) -> int:
@@ -497,7 +509,23 @@ class Engine:
         with self._log.read() as txn:
             return count_missing(self._log.base_vv(txn, document), self._log.version_vector(txn, document))
 
-    def compact(self, documents: Iterable[str] | None = None, *, bound: str | None = RELAY, keep: int = 0) -> int:
+    def compact_due(
+        self, every: int, documents: Iterable[str] | None = None, *, bound: str | None = RELAY, keep: int = 0
+    ) -> int:
+        """:meth:`compact` the documents (all by default) that have more than
+        ``every`` deltas after their snapshot; how many deltas were replaced."""
+        names = self.documents() if documents is None else list(documents)
+        due = [name for name in names if self.tail_length(name) > every]
+        return self.compact(due, bound=bound, keep=keep) if due else 0
+
+    def compact(
+        self,
+        documents: Iterable[str] | None = None,
+        *,
+        bound: str | None = RELAY,
+        keep: int = 0,
+        most: int | None = None,
+    ) -> int:
         """Replace old deltas with a snapshot, document by document; returns
         how many deltas were replaced.
 
@@ -505,38 +533,16 @@ class Engine:
         order, so it is causally complete) that ``bound``'s watermark covers
         (a device: only what the relay durably acknowledged, so ``unsynced``
         deltas stay one by one; ``bound=None`` on the relay: everything),
-        keeping at least the ``keep`` newest deltas as they are. The state is
-        built by replaying into a fresh document and committed in one
-        transaction with the deletions: a crash leaves the old log or the new
-        one, never a mix."""
+        keeping at least the ``keep`` newest deltas as they are, and at most
+        ``most`` deltas per document and call (short steps for a server that
+        must keep answering; see ``replica.compaction``)."""
         self._check_open()
         names = self.documents() if documents is None else list(documents)
         replaced = 0
         for name in names:
             with self._writing() as txn:
-                replaced += self._compact_one(txn, name, bound, keep)
+                replaced += compaction.compact_document(self._log, txn, name, bound=bound, keep=keep, most=most)
         return replaced
-
-    def _compact_one(self, txn: Txn, name: str, bound: str | None, keep: int) -> int:
-        found = self._log.base(txn, name)
-        base_vv, base_data = found if found is not None else ({}, None)
-        limit = None if bound is None else self._log.watermark(txn, bound, name)
-        tail = list(self._log.tail(txn, name))
-        take = 0
-        for item in tail[: max(0, len(tail) - keep)]:
-            if limit is not None and item.seq > limit.get(item.origin, 0):
-                break
-            take += 1
-        if not take:
-            return 0
-        claim = dict(base_vv)
-        merge(claim, of_deltas(tail[:take]))
-        payloads = ([] if base_data is None else [base_data]) + [item.data for item in tail[:take]]
-        try:
-            state = merged_state(payloads)
-        except ValueError as exc:
-            raise errors.DataDirError(f"the log of document {name!r} does not replay ({exc})") from exc
-        return self._log.set_base(txn, name, claim, state)
 
     @contextmanager
     def same_log(self) -> Iterator[None]:
@@ -639,6 +645,7 @@ class Engine:
             self._log.append(txn, item)
         if good:
             self._touched.add(name)
+            self._documents.grew(name, sum(len(item.data) for item in good))
         if failure is None:
             return len(good), None
         document.rebuild(self._log.payloads(txn, name))  # a failed apply may have left partial state

@@ -46,6 +46,10 @@ ID_FILE = "relay.id"
 COMPACT_EVERY = 10_000
 KEEP_DELTAS = 1_000
 COMPACT_INTERVAL = 30.0
+#: Deltas compacted per transaction while serving (about a tenth of a second).
+COMPACT_STEP = 20_000
+#: Default memory budget of the documents a relay keeps loaded (MB).
+DOC_CACHE_MB = 256.0
 
 
 def relay_identity(data: str | os.PathLike[str]) -> tuple[str, SigningKey]:
@@ -75,11 +79,14 @@ class Relay:
         limits: Limits | None = None,
         compact_every: int | None = COMPACT_EVERY,
         keep: int = KEEP_DELTAS,
+        doc_cache_mb: float | None = DOC_CACHE_MB,
     ) -> None:
         self.data = Path(data)
         #: A document is compacted once this many deltas follow its snapshot (None: never).
         self.compact_every = compact_every
         self.keep = keep  #: the newest deltas a compaction keeps one by one (what a device a bit behind gets)
+        #: Memory budget of the loaded documents (see ``replica.doccache``); None: unbounded.
+        self.doc_cache_mb = doc_cache_mb
         self._changed: set[str] = set()
         self._compactor: asyncio.Task[None] | None = None
         self.host = host
@@ -122,7 +129,8 @@ class Relay:
 
     async def start(self) -> None:
         """Open the data directory and start listening."""
-        replica = self.replica = Engine.open(self.data, replica_id=self.replica_id)
+        budget = None if self.doc_cache_mb is None else int(self.doc_cache_mb * 1e6)
+        replica = self.replica = Engine.open(self.data, replica_id=self.replica_id, doc_cache_bytes=budget)
 
         def session() -> Session:
             return Session(
@@ -147,22 +155,30 @@ class Relay:
         """Compact the documents (all by default) with more than
         :attr:`compact_every` deltas after their snapshot, keeping the
         :attr:`keep` newest; how many deltas were replaced."""
-        replica = self.replica
-        if replica is None or self.compact_every is None:
+        if self.replica is None or self.compact_every is None:
             return 0
-        names = replica.documents() if documents is None else list(documents)
-        due = [name for name in names if replica.tail_length(name) > self.compact_every]
-        return replica.compact(due, bound=None, keep=self.keep) if due else 0
+        return self.replica.compact_due(self.compact_every, documents, bound=None, keep=self.keep)
 
     async def _compact_now_and_then(self) -> None:
+        """Every :data:`COMPACT_INTERVAL`, the documents that changed and are
+        due, in steps of :data:`COMPACT_STEP` deltas (one short transaction
+        each), yielding to the connections between steps."""
         while True:
             await asyncio.sleep(COMPACT_INTERVAL)
             changed, self._changed = self._changed, set()
+            replica = self.replica
+            if replica is None or self.compact_every is None:
+                continue
+            due = [name for name in changed if replica.tail_length(name) > self.compact_every]
+            replaced = 0
             try:
-                replaced = self.compact_due(changed)
+                for name in due:
+                    while step := replica.compact([name], bound=None, keep=self.keep, most=COMPACT_STEP):
+                        replaced += step
+                        await asyncio.sleep(0)
             except errors.ReplicaError as exc:  # a storage fault: the deltas stay; try again later
                 log.warning("compaction failed: %s", exc)
-                continue
+                self._changed.update(due)
             if replaced:
                 log.info("compacted %d deltas into snapshots", replaced)
 

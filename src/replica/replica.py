@@ -10,18 +10,21 @@ below this module imports it: the layers under it take an ``Engine``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from replica import net, runs
+from replica import errors, net, runs
 from replica.engine import Engine
 from replica.events import IngestResult
 from replica.peer import PeerServer
-from replica.status import SyncStatus
+from replica.status import SyncState, SyncStatus
 from replica.trust import GIVEN_CREDENTIAL, give_credential
 
 __all__ = ["IngestResult", "Replica"]
+
+log = logging.getLogger("replica.replica")
 
 
 class Replica(Engine):
@@ -30,6 +33,10 @@ class Replica(Engine):
 
     Open with :meth:`open` (a data directory, LMDB) or :meth:`in_memory`.
     """
+
+    #: After a completed relay sync, documents with more than this many deltas
+    #: after their snapshot are compacted (what the relay acknowledged); None: never.
+    compact_every: int | None = 10_000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -131,11 +138,30 @@ class Replica(Engine):
         else:
             credential = self.setting(GIVEN_CREDENTIAL)
         runner = net.sync_live if live else net.sync_once
-        task = asyncio.get_running_loop().create_task(
-            runner(self, url, credential=credential, timeout=timeout, peer=peer)
-        )
+
+        async def run() -> SyncStatus:
+            final = await runner(self, url, credential=credential, timeout=timeout, peer=peer)
+            if final.state is SyncState.SYNCED and final.peer is None and not self.closed:
+                self._compact_after_sync()
+            return final
+
+        task = asyncio.get_running_loop().create_task(run())
         self._sync_tasks[url] = task
         return task
+
+    def _compact_after_sync(self) -> None:
+        """What the relay now holds durably no longer needs to be kept one by
+        one: compact the documents with more than :attr:`compact_every`
+        deltas after their snapshot (a failure only leaves them as they are)."""
+        if self.compact_every is None:
+            return
+        try:
+            replaced = self.compact_due(self.compact_every)
+        except errors.ReplicaError as exc:
+            log.warning("compaction after the sync failed, the deltas stay as they are: %s", exc)
+            return
+        if replaced:
+            log.info("compacted %d changes already on the relay", replaced)
 
     async def serve_peers(self, host: str = "0.0.0.0", port: int = 8766, **options: Any) -> PeerServer:
         """Accept other devices syncing with this one (see ``replica.peer``);

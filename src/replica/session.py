@@ -249,7 +249,7 @@ class Session:
         self._turn = 0
         self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
         self._offered: set[str] = set()  # documents offered to the initiator (live acceptor)
-        self._parts: dict[str, tuple[wire.SnapshotPart, bytearray]] = {}  # snapshots arriving, by document
+        self._parts = wire.SnapshotParts(self.limits.max_snapshot_bytes)  # snapshots arriving
         self.sent = self.to_send = self.received = self.to_receive = 0
 
     # -- the caller's vocabulary ---------------------------------------------
@@ -304,8 +304,8 @@ class Session:
                     rejected.message,
                     rejected.retryable,
                     rejected.document,
-                    rejected.origin,
-                    rejected.seq,
+                    rejected.origin or None,  # a refused snapshot names its document only
+                    rejected.seq or None,
                 )
             )
             self._close(rejected.info())
@@ -436,32 +436,10 @@ class Session:
             raise ReplicaError(
                 f"a snapshot of {part.document!r}, which is not open on this link", code="document_not_open"
             )
-        if part.size > self.limits.max_snapshot_bytes:
-            raise ReplicaError(
-                f"a snapshot of {part.size} bytes; at most {self.limits.max_snapshot_bytes} accepted",
-                code="snapshot_too_large",
-            )
-        if part.offset == 0:
-            self._parts[part.document] = (part, bytearray())
-        started = self._parts.get(part.document)
-        if started is None or (started[0].vv, started[0].checksum, started[0].size) != (
-            part.vv,
-            part.checksum,
-            part.size,
-        ):
-            raise ReplicaError("a snapshot part that does not continue the one before", code="unexpected_frame")
-        buffer = started[1]
-        if part.offset != len(buffer):
-            raise ReplicaError(
-                f"snapshot bytes from {part.offset} arrived after {len(buffer)}", code="unexpected_frame"
-            )
-        buffer += part.data
-        if len(buffer) < part.size:
-            return
-        del self._parts[part.document]
-        merge(self._docs[part.document].queued, part.vv)  # it holds what it sends: never offered back
-        whole = Snapshot(part.document, dict(part.vv), part.checksum, bytes(buffer))
-        self._events.append(IncomingSnapshot(part.document, whole))
+        whole = self._parts.add(part)
+        if whole is not None:
+            merge(self._docs[part.document].queued, whole.vv)  # it holds what it sends: never offered back
+            self._events.append(IncomingSnapshot(part.document, whole))
 
     def _accept(self, hello: wire.Hello, now: float) -> None:
         assert self._authorize is not None
@@ -668,7 +646,8 @@ class Session:
                 break
             document, items = batch
             if isinstance(items, _Whole):
-                self._send_snapshot(items.snapshot)
+                for part in wire.snapshot_parts(items.snapshot, self.limits.max_frame_bytes):
+                    self._send(part)
                 self._in_flight.append((document, items.count, now))
                 continue
             self._send(wire.Deltas(document, tuple(items)))
@@ -677,13 +656,6 @@ class Session:
             self._sent_done = True
             self._send(wire.Done())
             self._check_complete()  # the last acks may have come before the rest turned out to be held there
-
-    def _send_snapshot(self, whole: Snapshot) -> None:
-        step = max(1, self.limits.max_frame_bytes // 2)
-        size = len(whole.data)
-        for offset in range(0, max(size, 1), step):
-            data = whole.data[offset : offset + step]
-            self._send(wire.SnapshotPart(whole.document, whole.vv, whole.checksum, size, offset, data))
 
     def _next_batch(self) -> tuple[str, list[Delta] | _Whole] | None:
         names = [name for name, state in self._docs.items() if state.pending]

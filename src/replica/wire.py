@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from replica.delta import CHECKSUM_SIZE, Delta
+from replica.delta import CHECKSUM_SIZE, Delta, Snapshot
 from replica.errors import ReplicaError
 from replica.vv import VersionVector
 
@@ -150,6 +150,50 @@ class Error:
 
 
 Frame = Hello | Welcome | Proof | Deltas | SnapshotPart | Ack | Open | Opened | Done | Error
+
+
+def snapshot_parts(snapshot: Snapshot, max_frame_bytes: int = MAX_FRAME_BYTES) -> list[SnapshotPart]:
+    """``snapshot`` as ``snap`` frames, each part at most half the frame limit."""
+    step = max(1, max_frame_bytes // 2)
+    size = len(snapshot.data)
+    head = (snapshot.document, snapshot.vv, snapshot.checksum, size)
+    offsets = range(0, max(size, 1), step)
+    return [SnapshotPart(*head, offset, snapshot.data[offset : offset + step]) for offset in offsets]
+
+
+class SnapshotParts:
+    """Gathers the parts of the snapshots arriving on one link, by document."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._started: dict[str, tuple[SnapshotPart, bytearray]] = {}
+
+    def add(self, part: SnapshotPart) -> Snapshot | None:
+        """Take one part; the whole snapshot once its last part arrived.
+        Raises :class:`ProtocolError` for a part that does not continue the
+        one before, or a snapshot over the limit."""
+        if part.size > self.max_bytes:
+            raise ProtocolError(
+                f"a snapshot of {part.size} bytes; at most {self.max_bytes} accepted", code="snapshot_too_large"
+            )
+        if part.offset == 0:
+            self._started[part.document] = (part, bytearray())
+        started = self._started.get(part.document)
+        if started is None or (started[0].vv, started[0].checksum, started[0].size) != (
+            part.vv,
+            part.checksum,
+            part.size,
+        ):
+            raise ProtocolError("a snapshot part that does not continue the one before", code="unexpected_frame")
+        buffer = started[1]
+        if part.offset != len(buffer):
+            message = f"snapshot bytes from {part.offset} arrived after {len(buffer)}"
+            raise ProtocolError(message, code="unexpected_frame")
+        buffer += part.data
+        if len(buffer) < part.size:
+            return None
+        del self._started[part.document]
+        return Snapshot(part.document, dict(part.vv), part.checksum, bytes(buffer))
 
 
 # -- encoding ----------------------------------------------------------------
