@@ -14,7 +14,7 @@ so that keys stay short. Tables (see ``replica.store``)::
     index       doc + origin + seq                     -> pos
     watermarks  remote + 0x00 + doc                    -> msgpack {origin id: seq}
     rejected    remote + 0x00 + doc + origin           -> msgpack [from seq, code, message]
-    snapshots   doc                                    -> msgpack [{origin id: seq}, state bytes]
+    snapshots   doc + b"v" | doc + b"d"                -> msgpack {origin id: seq} | state bytes
 
 A document's **snapshot** (at most one, its *base*) stands for every delta of
 it up to a version vector: one Yjs update holding at least their content.
@@ -77,6 +77,7 @@ class DeltaLog:
         self._origin_names: dict[int, str] = {}
         self._next_pos: dict[int, int] = {}
         self._vv: dict[int, dict[int, int]] = {}
+        self._base_vv: dict[int, dict[int, int]] = {}
 
     # -- transactions --------------------------------------------------------
 
@@ -157,7 +158,7 @@ class DeltaLog:
     # -- version vectors -----------------------------------------------------
 
     def _vv_numbers(self, txn: Txn, doc: int) -> dict[int, int]:
-        vv: dict[int, int] = self._base_numbers(txn, doc)  # the index holds only deltas after it
+        vv = dict(self._base_numbers(txn, doc))  # the index holds only deltas after it
         prefix = _U32.pack(doc)
         end = prefix_end(prefix)
         start = prefix
@@ -198,15 +199,21 @@ class DeltaLog:
     # -- snapshots -----------------------------------------------------------
 
     def _base_row(self, txn: Txn, doc: int) -> tuple[dict[int, int], bytes] | None:
-        raw = txn.get("snapshots", _U32.pack(doc))
-        if raw is None:
+        numbers = self._base_numbers(txn, doc)
+        if not numbers:
             return None
-        numbers, data = msgpack.unpackb(raw, strict_map_key=False)
-        return dict(numbers), data
+        data = txn.get("snapshots", _U32.pack(doc) + b"d")
+        assert data is not None, "a snapshot's version vector without its state"
+        return numbers, data
 
     def _base_numbers(self, txn: Txn, doc: int) -> dict[int, int]:
-        row = self._base_row(txn, doc)
-        return {} if row is None else row[0]
+        """What the snapshot of ``doc`` covers: a small key of its own, read
+        on every ``missing()``, never the state beside it (megabytes)."""
+        found = self._base_vv.get(doc)
+        if found is None:
+            raw = txn.get("snapshots", _U32.pack(doc) + b"v")
+            found = self._base_vv[doc] = {} if raw is None else dict(msgpack.unpackb(raw, strict_map_key=False))
+        return found
 
     def base(self, txn: Txn, document: str) -> tuple[VersionVector, bytes] | None:
         """``(version vector, state)`` of ``document``'s snapshot, if it has one."""
@@ -244,7 +251,9 @@ class DeltaLog:
                 txn.delete("deltas", _U32.pack(doc) + pos)
                 txn.delete("index", key)
                 dropped += 1
-        txn.put("snapshots", _U32.pack(doc), msgpack.packb([numbers, data]))
+        txn.put("snapshots", _U32.pack(doc) + b"v", msgpack.packb(numbers))
+        txn.put("snapshots", _U32.pack(doc) + b"d", data)
+        self._base_vv[doc] = numbers
         vv_cache = self._cached_vv(txn, doc)
         for number, seq in numbers.items():
             vv_cache[number] = max(vv_cache.get(number, 0), seq)
