@@ -255,3 +255,26 @@ def test_compaction_in_steps_ends_where_one_step_would(tmp_path: Path) -> None:
         assert stepped.tail_length(DOC) == whole.tail_length(DOC) == 100
         assert contents(stepped) == contents(whole)
         assert stepped.snapshot_for(DOC, {}).vv == whole.snapshot_for(DOC, {}).vv  # type: ignore[union-attr]
+
+
+def test_the_running_relay_compacts_again_and_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("replica.relay.COMPACT_INTERVAL", 0.05)
+
+    async def until_compacted(relay: Relay) -> None:
+        deadline = time.monotonic() + 20
+        assert relay.replica is not None
+        while relay.replica.tail_length(DOC) > 10:
+            assert time.monotonic() < deadline, f"the relay still holds {relay.replica.tail_length(DOC)} deltas"
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0, compact_every=100, keep=10) as relay:
+            token = relay.issue_credential("tablet", ["c7/*"], expires_at=time.time() + HOUR)
+            with Replica.open(tmp_path / "tablet", replica_id="tablet") as device:
+                for round_ in range(3):  # every round after the first too (a lost subscription once stopped it)
+                    fill(device, 150, start=150 * round_)
+                    assert (await device.sync(relay.url, credential=token)).unsynced == 0
+                    await until_compacted(relay)
+                assert relay.replica is not None and relay.replica.version_vector(DOC) == {"tablet": 450}
+
+    asyncio.run(asyncio.wait_for(main(), 60))

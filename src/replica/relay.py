@@ -165,7 +165,8 @@ class Relay:
         each), yielding to the connections between steps."""
         while True:
             await asyncio.sleep(COMPACT_INTERVAL)
-            changed, self._changed = self._changed, set()
+            changed = set(self._changed)  # in place: on_change holds this set's add
+            self._changed.clear()
             replica = self.replica
             if replica is None or self.compact_every is None:
                 continue

@@ -550,9 +550,7 @@ class Session:
     def _refill(self, document: str, *, count: bool) -> None:
         state = self._docs[document]
         whole = self.replica.snapshot_for(document, state.queued)
-        if whole is not None and not any(
-            name == document and seq <= whole.vv.get(origin, 0) for (name, origin), seq in self._cuts.items()
-        ):  # (never past a refusal: those deltas stay unsent)
+        if whole is not None:  # what it covers is held here only as it: send it whole (even past a refusal)
             lacking = count_missing(state.queued, whole.vv)
             merge(state.queued, whole.vv)
             state.pending.append(_Whole(whole, lacking))
