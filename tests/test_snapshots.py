@@ -278,3 +278,14 @@ def test_the_running_relay_compacts_again_and_again(tmp_path: Path, monkeypatch:
                 assert relay.replica is not None and relay.replica.version_vector(DOC) == {"tablet": 450}
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_state_claiming_seq_0_of_an_origin_claims_nothing_of_it(tmp_path: Path) -> None:
+    with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
+        fill(a, 5)
+        acknowledge(a, {"dev-a": 5})
+        a.compact()
+        whole = a.snapshot_for(DOC, {})
+        assert whole is not None
+        assert b.ingest_snapshot(whole._replace(vv={"dev-a": 5, "ghost": 0})).applied == 5
+        assert b.version_vector(DOC) == {"dev-a": 5} and b.documents() == [DOC]

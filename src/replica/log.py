@@ -238,6 +238,8 @@ class DeltaLog:
         old = self._base_numbers(txn, doc)
         numbers: dict[int, int] = {}
         for name, seq in vv.items():
+            if seq <= 0:
+                continue  # claims nothing of that origin
             number = self._origin(txn, name, create=True)
             assert number is not None
             numbers[number] = seq
