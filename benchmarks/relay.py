@@ -164,8 +164,9 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def relay_process(data: Path) -> AsyncIterator[tuple[ServerProcess, Callable[[str], str]]]:
-    """A fresh relay on ``data`` and a function issuing credentials for ``bench/*``."""
+async def relay_process(data: Path, *extra: str) -> AsyncIterator[tuple[ServerProcess, Callable[[str], str]]]:
+    """A fresh relay on ``data`` (``extra``: more options of ``replica relay``) and a
+    function issuing credentials for ``bench/*``."""
     relay_id, key = relay_identity(data)
 
     def credential(replica_id: str) -> str:
@@ -176,7 +177,7 @@ async def relay_process(data: Path) -> AsyncIterator[tuple[ServerProcess, Callab
         return token
 
     server = ServerProcess(
-        [sys.executable, "-m", "replica.cli", "relay", "--data", str(data), "--port", "0"],
+        [sys.executable, "-m", "replica.cli", "relay", "--data", str(data), "--port", "0", *extra],
         data.with_name(data.name + ".log"),
     )
     try:
