@@ -104,16 +104,7 @@ class ServerProcess:
     def wait_stopped(self) -> list[str]:
         """Wait for the server to exit after SIGTERM/SIGINT; raise unless it
         exited 0 after printing its stop line. Returns its output lines."""
-        process = self._process
-        if process is None:
-            raise RuntimeError(f"the {self.NAME} was not started")
-        try:
-            process.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self._reap(signal.SIGKILL)
-            raise self.Error(f"the {self.NAME} did not stop within {self.timeout} s{self.diagnostics()}") from None
-        self._reap(None)
-        if self.returncode != 0:
+        if self.wait_exit() != 0:
             raise self.Error(f"the {self.NAME} exited with status {self.returncode}{self.diagnostics()}")
         if not any(line.startswith(self.STOPPED) for line in self.output):
             raise self.Error(f"the {self.NAME} exited without saying {self.STOPPED!r}{self.diagnostics()}")

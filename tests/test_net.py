@@ -8,6 +8,8 @@ import itertools
 import random
 import socket
 import time
+from collections.abc import Callable
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,15 @@ def test_a_malformed_url_stops_a_live_sync_too() -> None:
 # -- live syncs: connected, waiting, stopped -----------------------------------
 
 
+async def until(replica: Replica, condition: Callable[[SyncStatus], bool]) -> SyncStatus:
+    """The first status (the current one, or a change) for which ``condition`` holds."""
+    async with aclosing(replica.statuses()) as statuses:
+        async for status in statuses:
+            if condition(status):
+                return status
+    raise AssertionError("the status stream ended")
+
+
 def test_a_live_sync_with_no_relay_says_when_it_retries_and_stops() -> None:
     url = f"ws://127.0.0.1:{free_port()}"
 
@@ -125,9 +136,7 @@ def test_a_live_sync_with_no_relay_says_when_it_retries_and_stops() -> None:
             replica.subscribe(seen.append)
             before = time.time()
             live = asyncio.ensure_future(replica.sync(url, live=True, timeout=2))
-            while not any(status.retry_at is not None for status in seen):
-                await asyncio.sleep(0.01)
-            waiting = next(status for status in seen if status.retry_at is not None)
+            waiting = await until(replica, lambda status: status.retry_at is not None)
             assert waiting.state is SyncState.FAILED and not waiting.connected
             assert waiting.error is not None and waiting.error.code == "relay_unreachable"
             assert before <= waiting.retry_at <= time.time() + 0.5  # the first delay is at most 0.5 s
@@ -149,8 +158,7 @@ def test_a_caught_up_live_link_stays_open_when_nothing_changes(tmp_path: Path) -
                 seen: list[SyncStatus] = []
                 replica.subscribe(seen.append)
                 live = asyncio.ensure_future(replica.sync(relay.url, credential=token, live=True, timeout=0.3))
-                while not (seen and seen[-1].state is SyncState.SYNCED and seen[-1].connected):
-                    await asyncio.sleep(0.01)
+                await until(replica, lambda status: status.state is SyncState.SYNCED and status.connected)
                 caught_up = len(seen)
                 await asyncio.sleep(1.5)  # five times the timeout, with nothing to say either way
                 status = replica.status()

@@ -44,6 +44,16 @@ def acknowledge(replica: Engine, vv: dict[str, int]) -> None:
         replica.acknowledge(RELAY, DOC, vv)
 
 
+def compacted(replica: Engine, n: int) -> Snapshot:
+    """``n`` deltas made on ``replica``, acknowledged by the relay and compacted: the snapshot."""
+    fill(replica, n)
+    acknowledge(replica, {replica.id: n})
+    replica.compact()
+    whole = replica.snapshot_for(DOC, {})
+    assert whole is not None
+    return whole
+
+
 # -- the log -------------------------------------------------------------------
 
 
@@ -88,11 +98,7 @@ def test_a_compacted_delta_arriving_again_is_a_duplicate_not_a_clash(tmp_path: P
 
 def test_bad_states_are_refused_before_anything_is_stored(tmp_path: Path) -> None:
     with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
-        fill(a, 10)
-        acknowledge(a, {"dev-a": 10})
-        a.compact()
-        good = a.snapshot_for(DOC, {})
-        assert good is not None
+        good = compacted(a, 10)
         damaged = good._replace(data=good.data[:-1] + bytes([good.data[-1] ^ 1]))
         garbage = Snapshot(DOC, {"dev-a": 10}, checksum(b"\x05\xff\xff\xff"), b"\x05\xff\xff\xff")
         mine = good._replace(vv={"dev-a": 10, "dev-b": 3})  # claims changes dev-b never made
@@ -282,10 +288,6 @@ def test_the_running_relay_compacts_again_and_again(tmp_path: Path, monkeypatch:
 
 def test_a_state_claiming_seq_0_of_an_origin_claims_nothing_of_it(tmp_path: Path) -> None:
     with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
-        fill(a, 5)
-        acknowledge(a, {"dev-a": 5})
-        a.compact()
-        whole = a.snapshot_for(DOC, {})
-        assert whole is not None
+        whole = compacted(a, 5)
         assert b.ingest_snapshot(whole._replace(vv={"dev-a": 5, "ghost": 0})).applied == 5
         assert b.version_vector(DOC) == {"dev-a": 5} and b.documents() == [DOC]

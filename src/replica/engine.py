@@ -457,10 +457,11 @@ class Engine:
         """The snapshot of ``document``, if a replica holding ``remote`` lacks
         some of what it covers (those deltas are held here only as it)."""
         self._check_open()
-        with self._log.read() as txn:
+        with self._log.read() as txn:  # on every refill of every link: read the state only when it is sent
+            if covers(remote, self._log.base_vv(txn, document)):
+                return None
             found = self._log.base(txn, document)
-        if found is None or covers(remote, found[0]):
-            return None
+        assert found is not None
         vv, data = found
         return Snapshot(document, vv, deltas.checksum(data), data)
 

@@ -224,9 +224,11 @@ class DeltaLog:
         return {self._origin_name(txn, o): seq for o, seq in row[0].items()}, row[1]
 
     def base_vv(self, txn: Txn, document: str) -> VersionVector:
-        """What ``document``'s snapshot covers (empty without one)."""
-        found = self.base(txn, document)
-        return {} if found is None else found[0]
+        """What ``document``'s snapshot covers (empty without one); never reads its state."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return {}
+        return {self._origin_name(txn, o): seq for o, seq in self._base_numbers(txn, doc).items()}
 
     def set_base(self, txn: Txn, document: str, vv: Mapping[str, int], data: bytes) -> int:
         """Make ``(vv, data)`` the snapshot of ``document`` and delete the
