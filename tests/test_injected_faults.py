@@ -34,7 +34,7 @@ import replica.doc
 import test_net
 import test_runs
 import test_trust
-from replica import compaction, net, runs, trust, wire
+from replica import compaction, net, runs, spans, trust, wire
 from replica.delta import Delta
 from replica.doc import Document
 from replica.engine import Engine
@@ -367,6 +367,19 @@ def snapshot_claims_more_than_it_holds() -> Iterator[None]:
 
 
 @contextmanager
+def span_claims_more_than_it_holds() -> Iterator[None]:
+    """A relay merges a run of deltas into a span without the last one, and
+    the span still claims its seq."""
+    merge = spans.merged_run
+
+    def short(payloads: list[bytes]) -> bytes:
+        return merge(payloads[:-1])
+
+    with _patched(spans, "merged_run", short):
+        yield
+
+
+@contextmanager
 def compaction_drops_unacknowledged_own_deltas() -> Iterator[None]:
     """A device's compaction also drops its own deltas the relay has not
     acknowledged, without putting them in its snapshot."""
@@ -549,6 +562,7 @@ FAULTS = [
     connected_is_never_said,
     snapshot_claims_more_than_it_holds,
     compaction_drops_unacknowledged_own_deltas,
+    span_claims_more_than_it_holds,
 ]
 
 

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"errors", "names", "values"},
     {"delta", "store"},
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
-    {"wire", "events"},
+    {"wire", "events", "spans"},
     {"log", "runs"},
     {"compaction", "doccache"},
     {"engine", "session"},

@@ -121,26 +121,28 @@ def test_closed_replica(tmp_path: Path) -> None:
         replica.doc("d")
 
 
-def test_same_log_reads_each_question_once_and_never_serves_stale_deltas() -> None:
+def test_same_log_reads_each_delta_once_and_never_serves_stale_deltas() -> None:
     with Replica.in_memory(replica_id="dev-a") as replica:
         recs = replica.doc("d").records("r")
         recs.put("a", {"n": 1})
-        reads: list[str] = []
-        missing = replica._log.missing
+        reads: list[int] = []
+        decode = replica._log._delta
 
-        def counting(txn, document, remote):  # type: ignore[no-untyped-def]
-            reads.append(document)
-            return missing(txn, document, remote)
+        def counting(txn, document, row):  # type: ignore[no-untyped-def]
+            found = decode(txn, document, row)
+            reads.append(found.seq)
+            return found
 
-        replica._log.missing = counting  # type: ignore[method-assign]
+        replica._log._delta = counting  # type: ignore[method-assign]
         with replica.same_log():
             first = replica.missing_deltas("d", {})
             first.clear()  # callers own the list they get
             assert [d.seq for d in replica.missing_deltas("d", {})] == [1]
             assert replica.missing_deltas("d", {"dev-a": 1}) == []
-            assert len(reads) == 2
+            assert reads == [1]
             recs.put("b", {"n": 2})  # a commit inside the block drops what was read
             assert [d.seq for d in replica.missing_deltas("d", {})] == [1, 2]
-        assert len(reads) == 3
+            assert [d.seq for d in replica.missing_deltas("d", {"dev-a": 1})] == [2]
+        assert reads == [1, 1, 2, 2]  # once per (origin, from, to) asked
         assert [d.seq for d in replica.missing_deltas("d", {})] == [1, 2]
-        assert len(reads) == 4
+        assert reads == [1, 1, 2, 2, 1, 2]

@@ -22,8 +22,6 @@ one write transaction, so a crash leaves the old log or the new one.
 
 from __future__ import annotations
 
-from itertools import islice
-
 from replica import errors
 from replica.delta import Delta, Snapshot, checksum
 from replica.doc import merged_state
@@ -40,7 +38,7 @@ def compact_document(
     covers (``None``: no bound), leaving at least the ``keep`` newest deltas
     one by one, and taking at most ``most`` deltas (a step that keeps the
     transaction short; call again for the rest). Returns how many deltas the
-    snapshot replaced."""
+    snapshot replaced (a span counts as the deltas it holds)."""
     found = log.base(txn, name)
     base_vv, base_data = found if found is not None else ({}, None)
     limit = None if bound is None else log.watermark(txn, bound, name)
@@ -48,10 +46,11 @@ def compact_document(
     if most is not None:
         allowed = min(allowed, most)
     taken: list[Delta] = []
-    for item in islice(log.tail(txn, name), max(0, allowed)):
-        if limit is not None and item.seq > limit.get(item.origin, 0):
+    for item in log.tail(txn, name):
+        if item.length > allowed or (limit is not None and item.seq > limit.get(item.origin, 0)):
             break
         taken.append(item)
+        allowed -= item.length  # a span counts as the deltas it holds
     if not taken:
         return 0
     claim = dict(base_vv)
@@ -61,7 +60,8 @@ def compact_document(
         state = merged_state(payloads)
     except ValueError as exc:
         raise errors.DataDirError(f"the log of document {name!r} does not replay ({exc})") from exc
-    return log.set_base(txn, name, claim, state)
+    log.set_base(txn, name, claim, state)
+    return sum(item.length for item in taken)
 
 
 def refusal(snapshot: Snapshot, *, max_bytes: int) -> tuple[str, str] | None:

@@ -4,6 +4,10 @@ A delta is the Yjs v1 update made by one committed local transaction on one
 document, identified by ``(origin, seq)`` and carrying a checksum of its bytes
 computed at the origin, since Yjs updates carry none and a mutated update may be
 accepted silently and diverge a replica for good (PYCRDT-FACTS.md).
+
+A *span* is a delta standing for a run of them: seqs ``first..seq`` of one
+origin merged into one Yjs update (``replica.spans``). It is held, sent,
+checked and acknowledged as one item; its checksum is of its merged bytes.
 """
 
 from __future__ import annotations
@@ -29,12 +33,24 @@ class Delta(NamedTuple):
 
     document: str
     origin: str
-    seq: int
+    seq: int  # the last seq it holds
     checksum: bytes
     data: bytes
+    first: int = 0  # a span: the first seq it holds (0: a single delta, ``seq`` alone)
+
+    @property
+    def length(self) -> int:
+        """How many seqs of its origin it holds (1 unless a span)."""
+        return self.seq - self.first + 1 if self.first else 1
+
+    @property
+    def start(self) -> int:
+        """The first seq it holds."""
+        return self.first or self.seq
 
     def __repr__(self) -> str:
-        return f"Delta({self.document!r}, {self.origin!r}#{self.seq}, {len(self.data)} B)"
+        seqs = f"{self.first}..{self.seq}" if self.first else f"{self.seq}"
+        return f"Delta({self.document!r}, {self.origin!r}#{seqs}, {len(self.data)} B)"
 
 
 class Snapshot(NamedTuple):
@@ -83,7 +99,11 @@ def precheck(delta: Delta, *, max_bytes: int = MAX_DELTA_BYTES) -> None:
 
     def reject(reason: str, message: str) -> errors.DeltaRejected:
         return errors.DeltaRejected(
-            reason, message, document=str(delta.document), origin=str(delta.origin), seq=_int_or_0(delta.seq)
+            reason,
+            message,
+            document=str(delta.document),
+            origin=str(delta.origin),
+            seq=_int_or_0(delta.first) or _int_or_0(delta.seq),
         )
 
     if (
@@ -94,6 +114,8 @@ def precheck(delta: Delta, *, max_bytes: int = MAX_DELTA_BYTES) -> None:
         or type(delta.checksum) is not bytes
         or type(delta.origin) is not str
         or type(delta.document) is not str
+        or type(delta.first) is not int
+        or not (delta.first == 0 or 1 <= delta.first < delta.seq)
     ):
         raise reject(errors.REJECT_INVALID, "fields of the wrong type or range")
     if len(delta.data) > max_bytes:

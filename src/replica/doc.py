@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pycrdt import Doc, Map, TransactionEvent
+from pycrdt import Doc, Map, TransactionEvent, merge_updates
 from pycrdt import Text as YText
 
 from replica import values
@@ -65,6 +65,18 @@ def merged_state(payloads: Iterable[bytes]) -> bytes:
         raise
     except BaseException as exc:  # pyo3 PanicException is a BaseException
         raise ValueError(f"the updates do not apply ({type(exc).__name__}: {exc})") from exc
+
+
+def merged_run(payloads: Sequence[bytes]) -> bytes:
+    """Updates merged into one without a document (``merge_updates``: keeps
+    every struct whatever the receiver holds; quadratic, so for short runs).
+    Raises :class:`ValueError` if they do not merge."""
+    try:
+        return merge_updates(*payloads)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 PanicException is a BaseException
+        raise ValueError(f"the updates do not merge ({type(exc).__name__}: {exc})") from exc
 
 
 class Document:

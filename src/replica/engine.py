@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from replica import compaction, errors, runs
 from replica import delta as deltas
@@ -39,6 +39,7 @@ from replica.doccache import DocumentCache
 from replica.events import IngestResult
 from replica.log import DeltaLog, Rejection
 from replica.names import RELAY, check_document_name, check_replica_id, new_replica_id
+from replica.spans import SpanCache
 from replica.status import PeerStatus, Rejected, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
@@ -82,7 +83,8 @@ class Engine:
         self._status_listeners: list[Callable[[SyncStatus], None]] = []
         self._client_ids = client_ids
         self._relay_run = runs.IDLE
-        self._missing_memo: dict[tuple[str, tuple[tuple[str, int], ...]], list[Delta]] | None = None
+        self._missing_memo: dict[Any, list[Any]] | None = None
+        self._spans = SpanCache()
         try:
             if store.readonly:
                 with self._log.read() as txn:
@@ -444,14 +446,13 @@ class Engine:
         """The deltas of ``document`` that a replica holding version vector
         ``remote`` lacks, in an order it can apply them."""
         self._check_open()
-        if self._missing_memo is not None:
-            key = (document, tuple(sorted(remote.items())))
-            if key not in self._missing_memo:
-                with self._log.read() as txn:
-                    self._missing_memo[key] = self._log.missing(txn, document, remote)
-            return list(self._missing_memo[key])
         with self._log.read() as txn:
-            return self._log.missing(txn, document, remote)
+            return self._log.missing(txn, document, remote, self._missing_memo)
+
+    def span_of(self, run: Sequence[Delta]) -> Delta:
+        """``run`` (adjacent deltas of one origin, contiguous seqs) as one
+        span, merged once for every link it goes to (see ``replica.spans``)."""
+        return self._spans.span(run)
 
     def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None:
         """The snapshot of ``document``, if a replica holding ``remote`` lacks
@@ -618,12 +619,15 @@ class Engine:
         stored = self._log.held_seq(txn, item.document, item.origin)
         held = max(stored, queued)
         if item.seq <= held:
+            if item.first:
+                return False  # a span of held seqs: its checksum is of merged bytes, nothing to compare
             if item.seq <= stored:
                 check = self._log.checksum_of(txn, item.document, item.origin, item.seq)
-                if check is None:
-                    return False  # in the snapshot: held, but no longer one by one to compare with
             else:
-                check = next(d.checksum for d in run if d.origin == item.origin and d.seq == item.seq)
+                same = (d for d in run if d.origin == item.origin and d.seq == item.seq and not d.first)
+                check = next((d.checksum for d in same), None)
+            if check is None:
+                return False  # held in the snapshot or in a span: no longer one by one to compare with
             if check != item.checksum:
                 raise reject(
                     errors.REJECT_CLASH,
@@ -632,8 +636,8 @@ class Engine:
             return False
         if item.origin == self.id:
             raise reject(errors.REJECT_CLASH, "this replica never made it; another device is using this replica's id")
-        if item.seq != held + 1:
-            raise reject(errors.REJECT_GAP, f"seqs {held + 1} to {item.seq - 1} of this origin must come first")
+        if item.start > held + 1:
+            raise reject(errors.REJECT_GAP, f"seqs {held + 1} to {item.start - 1} of this origin must come first")
         return True
 
     def _apply_run(self, txn: Txn, run: list[Delta]) -> tuple[int, errors.DeltaRejected | None]:

@@ -10,7 +10,7 @@ so that keys stay short. Tables (see ``replica.store``)::
                 b"peer." + peer id                     -> msgpack {synced_at, error, to_receive}
     documents   b"n" + name | b"i" + doc               -> doc | name
     origins     b"n" + id   | b"i" + origin            -> origin | id
-    deltas      doc + pos                              -> origin + seq + checksum + bytes
+    deltas      doc + pos                              -> origin + seq + checksum [+ first] + bytes
     index       doc + origin + seq                     -> pos
     watermarks  remote + 0x00 + doc                    -> msgpack {origin id: seq}
     rejected    remote + 0x00 + doc + origin           -> msgpack [from seq, code, message]
@@ -24,6 +24,13 @@ state as its base. Deltas after the base stay one by one: reopening replays
 the base, then them. The base is part of what the replica holds, so version
 vectors, ``unsynced`` and the rest count it; what it covers can only be sent
 as that state (see :meth:`DeltaLog.base`), never delta by delta.
+
+A **span** (``replica.spans``) is held as one row like a delta: its origin
+number has the top bit set, and its first seq follows the checksum. The index
+holds it under its last seq, so a version vector and :meth:`DeltaLog.missing`
+see it as they see a delta; its seqs before the last have no index entry of
+their own (:meth:`DeltaLog.checksum_of` answers None for all of them: a span's
+checksum is of its merged bytes, not comparable with any one delta's).
 
 ``pos`` numbers a document's deltas in the order this replica applied them.
 Replaying a document in ``pos`` order is therefore always causally valid (each
@@ -43,6 +50,7 @@ write transaction fails, so they never outlive an aborted write.
 
 from __future__ import annotations
 
+import heapq
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -60,7 +68,13 @@ _U64 = struct.Struct(">Q")
 _INDEX = struct.Struct(">IIQ")  # doc, origin, seq
 _DELTA_HEAD = struct.Struct(f">IQ{CHECKSUM_SIZE}s")  # origin, seq, checksum
 _HEAD = _DELTA_HEAD.size
+_SPAN = 0x80000000  # the origin number's flag on a span's row, whose first seq follows its head
+_SPAN_HEAD = _HEAD + 8
 _ALL = 0xFFFFFFFF  # origin number of a whole-document rejection
+
+
+def _first(pair: tuple[bytes, Delta]) -> bytes:
+    return pair[0]
 
 
 class DeltaLog:
@@ -275,12 +289,13 @@ class DeltaLog:
     # -- deltas --------------------------------------------------------------
 
     def append(self, txn: Txn, delta: Delta) -> None:
-        """Append one delta. Its seq must follow the last one of its origin."""
+        """Append one delta (or span). It must hold the seq that follows the
+        last one of its origin, and nothing before the ones it follows."""
         doc, origin, vv = self._slot(txn, delta.document, delta.origin)
         expected = vv.get(origin, 0) + 1
-        if delta.seq != expected:
+        if not delta.start <= expected <= delta.seq or (not delta.first and delta.seq != expected):
             raise ValueError(f"{delta!r} appended out of order: expected seq {expected}")
-        self._put(txn, doc, origin, vv, delta.seq, delta.checksum, delta.data)
+        self._put(txn, doc, origin, vv, delta.seq, delta.checksum, delta.data, delta.first)
 
     def append_next(self, txn: Txn, document: str, origin_id: str, data: bytes) -> Delta:
         """Append ``data`` as the next delta of ``origin_id`` (the local hot path)."""
@@ -303,21 +318,28 @@ class DeltaLog:
             vv = self._vv[doc] = self._vv_numbers(txn, doc)
         return doc, origin, vv
 
-    def _put(self, txn: Txn, doc: int, origin: int, vv: dict[int, int], seq: int, check: bytes, data: bytes) -> None:
+    def _put(
+        self, txn: Txn, doc: int, origin: int, vv: dict[int, int], seq: int, check: bytes, data: bytes, first: int = 0
+    ) -> None:
         pos = self._next_pos.get(doc)
         if pos is None:
             last = txn.last_before("deltas", _U32.pack(doc + 1))
             pos = _U64.unpack(last[0][4:])[0] + 1 if last and last[0][:4] == _U32.pack(doc) else 1
         packed_pos = _U64.pack(pos)
-        txn.put("deltas", _U32.pack(doc) + packed_pos, _DELTA_HEAD.pack(origin, seq, check) + data)
+        if first:
+            head = _DELTA_HEAD.pack(origin | _SPAN, seq, check) + _U64.pack(first)
+        else:
+            head = _DELTA_HEAD.pack(origin, seq, check)
+        txn.put("deltas", _U32.pack(doc) + packed_pos, head + data)
         txn.put("index", _INDEX.pack(doc, origin, seq), packed_pos)
         self._next_pos[doc] = pos + 1
         vv[origin] = seq
 
     def checksum_of(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
-        """The checksum of a held delta, or None if it is not held."""
+        """The checksum of a held delta, or None if it is not held one by one
+        (not at all, or in the snapshot, or in a span)."""
         row = self._row(txn, document, origin, seq)
-        return None if row is None else row[12:_HEAD]
+        return None if row is None or row[0] & 0x80 else row[12:_HEAD]
 
     def _row(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
         doc = self._doc(txn, document)
@@ -329,6 +351,9 @@ class DeltaLog:
 
     def _delta(self, txn: Txn, document: str, row: bytes) -> Delta:
         origin, seq, check = _DELTA_HEAD.unpack_from(row)
+        if origin & _SPAN:
+            first = _U64.unpack_from(row, _HEAD)[0]
+            return Delta(document, self._origin_name(txn, origin & ~_SPAN), seq, check, bytes(row[_SPAN_HEAD:]), first)
         return Delta(document, self._origin_name(txn, origin), seq, check, bytes(row[_HEAD:]))
 
     def payloads(self, txn: Txn, document: str) -> Iterator[bytes]:
@@ -342,33 +367,45 @@ class DeltaLog:
             yield base[1]
         prefix = _U32.pack(doc)
         for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
-            yield row[_HEAD:]
+            yield row[_SPAN_HEAD:] if row[0] & 0x80 else row[_HEAD:]
 
-    def missing(self, txn: Txn, document: str, remote: Mapping[str, int]) -> list[Delta]:
+    def missing(
+        self, txn: Txn, document: str, remote: Mapping[str, int], memo: dict[Any, list[Any]] | None = None
+    ) -> list[Delta]:
         """The deltas of ``document`` not covered by ``remote`` (a version
         vector) nor by the snapshot, in applied order, so per-origin seq order
         and causality hold. (What the snapshot covers and ``remote`` lacks
-        goes as the snapshot: see :meth:`base`.)"""
+        goes as the snapshot: see :meth:`base`.)
+
+        ``memo``, kept by the caller while nothing commits, keeps each
+        origin's run ``(pos, delta)`` read: a relay fanning one commit out to
+        links at different points reads each new delta once, not once a link."""
         doc = self._doc(txn, document)
         if doc is None:
             return []
-        positions: list[bytes] = []
+        runs: list[list[tuple[bytes, Delta]]] = []
         base = self._base_numbers(txn, doc)
+        prefix = _U32.pack(doc)
         for origin, held in self._cached_vv(txn, doc).items():
             have = max(remote.get(self._origin_name(txn, origin), 0), base.get(origin, 0))
             if have >= held:
                 continue
-            start = _INDEX.pack(doc, origin, have + 1)
-            stop = _INDEX.pack(doc, origin, held + 1)
-            positions.extend(pos for _, pos in txn.scan("index", start, stop))
-        positions.sort()
-        prefix = _U32.pack(doc)
-        out = []
-        for pos in positions:
-            row = txn.get("deltas", prefix + pos)
-            assert row is not None, "index points at a missing delta"
-            out.append(self._delta(txn, document, row))
-        return out
+            key = (doc, origin, have, held)
+            found = None if memo is None else memo.get(key)
+            if found is None:
+                start = _INDEX.pack(doc, origin, have + 1)
+                stop = _INDEX.pack(doc, origin, held + 1)
+                found = []
+                for _, pos in txn.scan("index", start, stop):
+                    row = txn.get("deltas", prefix + pos)
+                    assert row is not None, "index points at a missing delta"
+                    found.append((bytes(pos), self._delta(txn, document, row)))
+                if memo is not None:
+                    memo[key] = found
+            runs.append(found)
+        if len(runs) == 1:
+            return [item for _, item in runs[0]]
+        return [item for _, item in heapq.merge(*runs, key=_first)]
 
     # -- watermarks and unsynced ---------------------------------------------
 

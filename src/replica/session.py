@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from replica import wire
+from replica import spans, wire
 from replica.delta import MAX_SNAPSHOT_BYTES, Delta, Snapshot
 from replica.errors import ErrorInfo, ReplicaError
 from replica.events import (
@@ -105,6 +105,8 @@ class LogView(Protocol):
     def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]: ...
 
     def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None: ...
+
+    def span_of(self, run: Sequence[Delta]) -> Delta: ...
 
     def rejections(self, remote: str) -> list[Rejection]: ...
 
@@ -171,6 +173,8 @@ class Limits:
     max_batch_bytes: int = 2 * 1024 * 1024
     fast_ack: float = 0.05  # seconds: grow batches when acks are faster
     slow_ack: float = 0.5  # seconds: shrink batches when acks are slower
+    span_min: int = spans.SPAN_MIN  # a relay sends runs of this many deltas as one span (0: never)
+    span_max: int = spans.SPAN_MAX
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,10 @@ class Session:
         arrived = event.snapshot.vv if isinstance(event, IncomingSnapshot) else of_deltas(event.deltas)
         merge(state.remote, arrived)
         merge(state.queued, arrived)
-        self.received += result.applied if isinstance(event, IncomingSnapshot) else len(event.deltas)
+        if isinstance(event, IncomingSnapshot):
+            self.received += result.applied
+        else:
+            self.received += sum(item.length for item in event.deltas)
         self._send(wire.Ack(event.document, self.replica.version_vector(event.document)))
         self._check_complete()
 
@@ -565,7 +572,7 @@ class Session:
                     state.start_local[origin] = min(state.start_local.get(origin, 0), seq - 1)
         state.pending.extend(missing)
         if count:
-            self.to_send += len(missing)
+            self.to_send += sum(item.length for item in missing)
 
     def _open_requested(self, frame: wire.Open) -> None:
         assert self._grant is not None
@@ -649,7 +656,7 @@ class Session:
                 self._in_flight.append((document, items.count, now))
                 continue
             self._send(wire.Deltas(document, tuple(items)))
-            self._in_flight.append((document, len(items), now))
+            self._in_flight.append((document, sum(item.length for item in items), now))
         if not self._sent_done and not any(state.pending for state in self._docs.values()):
             self._sent_done = True
             self._send(wire.Done())
@@ -680,7 +687,7 @@ class Session:
             if item.seq <= held.get(item.origin, 0):
                 # It got this one meanwhile (from another device through the relay, say): its ack said so.
                 pending.popleft()
-                self.to_send -= 1
+                self.to_send -= item.length
                 continue
             cost = len(item.data) + 32
             if items and size + cost > budget:
@@ -688,7 +695,13 @@ class Session:
             items.append(item)
             pending.popleft()
             size += cost
-        return (document, items) if items else None
+        if not items:
+            return None
+        if self.role == "relay" and self.limits.span_min:  # see replica.spans
+            items = spans.group(
+                items, self.replica.span_of, shortest=self.limits.span_min, longest=self.limits.span_max
+            )
+        return document, items
 
     def _check_complete(self) -> None:
         if self.completed or self.state is not SessionState.OPEN or not self._remote_done or self._in_flight:

@@ -20,7 +20,7 @@ from replica.delta import CHECKSUM_SIZE, Delta, Snapshot
 from replica.errors import ReplicaError
 from replica.vv import VersionVector
 
-VERSION = 2  #: 2: snapshots (``snap`` frames)
+VERSION = 3  #: 2: snapshots (``snap`` frames); 3: spans in ``deltas`` frames
 
 #: Default limits; both ends announce theirs and a frame over a limit is an error.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -208,7 +208,12 @@ def encode(frame: Frame) -> bytes:
     """The bytes of one frame."""
     if isinstance(frame, Deltas):
         origins: dict[str, int] = {}
-        rows = [[origins.setdefault(d.origin, len(origins)), d.seq, d.checksum, d.data] for d in frame.deltas]
+        rows = [
+            [origins.setdefault(d.origin, len(origins)), d.seq, d.checksum, d.data, d.first]
+            if d.first
+            else [origins.setdefault(d.origin, len(origins)), d.seq, d.checksum, d.data]
+            for d in frame.deltas
+        ]
         return _packb({"t": "deltas", "doc": frame.document, "o": list(origins), "d": rows})
     if isinstance(frame, Ack):
         return _packb({"t": "ack", "doc": frame.document, "vv": frame.vv})
@@ -469,16 +474,19 @@ def _deltas(body: dict[str, Any], max_batch: int) -> Deltas:
         raise ValueError("origins must be strings")
     out = []
     for row in rows:
-        if type(row) is not list or len(row) != 4:
-            raise ValueError("each delta is [origin index, seq, checksum, bytes]")
-        index, seq, check, data = row
+        if type(row) is not list or len(row) not in (4, 5):
+            raise ValueError("each delta is [origin index, seq, checksum, bytes] (a span: and its first seq)")
+        index, seq, check, data = row[:4]
         if type(index) is not int or not 0 <= index < len(origins):
             raise ValueError("origin index out of range")
         if type(check) is not bytes or len(check) != CHECKSUM_SIZE or type(data) is not bytes:
             raise ValueError("checksum and data must be bytes")
         if _seq(seq) < 1:
             raise ValueError("seqs start at 1")
-        out.append(Delta(document, origins[index], seq, check, data))
+        first = _seq(row[4]) if len(row) == 5 else 0
+        if len(row) == 5 and not 1 <= first < seq:
+            raise ValueError("a span's first seq must be at least 1 and below its last")
+        out.append(Delta(document, origins[index], seq, check, data, first))
     return Deltas(document, tuple(out))
 
 

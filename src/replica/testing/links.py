@@ -102,8 +102,8 @@ def describe(frame: bytes) -> str:
         return f"<undecodable frame: {exc}>"
     if isinstance(decoded, wire.Deltas):
         spans: dict[str, list[int]] = {}
-        for item in decoded.deltas:
-            spans.setdefault(item.origin, []).append(item.seq)
+        for item in decoded.deltas:  # a span: its first seq and its last
+            spans.setdefault(item.origin, []).extend((item.start, item.seq))
         parts = ", ".join(f"{o}#{min(s)}" + (f"..{max(s)}" if len(s) > 1 else "") for o, s in spans.items())
         return f"deltas {decoded.document} [{parts}]"
     if isinstance(decoded, wire.Ack):

@@ -114,12 +114,14 @@ class FleetMachine(RuleBasedStateMachine):
         over the final documents)."""
 
     def limits(self, data: st.DataObject) -> Limits:
-        """The sessions' batching: small batches make more frames to reorder."""
+        """The sessions' batching: small batches make more frames to reorder.
+        A relay sends spans in batches of a few deltas (two make a span
+        there) and in large ones (the shipped least span)."""
         batch = data.draw(st.sampled_from([1, 300, 1, 300, 64 * 1024]), label="batch bytes")
         window = data.draw(st.sampled_from([4, 2, 3, 1]), label="window")
         if batch > 1024:
             return Limits(window=window)
-        return Limits(window=window, min_batch_bytes=batch, start_batch_bytes=batch, max_batch_bytes=batch)
+        return Limits(window=window, min_batch_bytes=batch, start_batch_bytes=batch, max_batch_bytes=batch, span_min=2)
 
     # -- setup and teardown --------------------------------------------------
 
