@@ -1,4 +1,4 @@
-"""Catch-up against pycrdt-websocket: a fresh client joining a warm server that holds a
+"""Catch-up against pycrdt-websocket and @y/websocket-server: a fresh client joining a warm server that holds a
 document of 10,000 records written by 100,000 updates (each record rewritten 10 times).
 
 Built once, untimed, for each side:
@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from pycrdt import Doc
 
 from benchmarks._common import BenchmarkFailed, Result, Stopwatch, register
+from benchmarks._node import node_missing, y_websocket_node_process
 from benchmarks.anchors import (
     COLLECTION,
     DOCUMENT,
@@ -43,7 +46,7 @@ from benchmarks.anchors import (
     y_records,
     ywebsocket_process,
 )
-from benchmarks.relay import _scratch, relay_process
+from benchmarks.relay import ServerProcess, _scratch, relay_process
 from replica import Replica
 from replica.status import SyncState
 
@@ -87,10 +90,19 @@ async def _join_replica(relay_dir: Path, device_dir: Path, expected: dict[str, i
     return seconds
 
 
-async def _catchup_ywebsocket(data: Path, records: int, rewrites: int, repeats: int) -> list[float]:
+async def _catchup_y(
+    server_context: AbstractAsyncContextManager[ServerProcess],
+    records: int,
+    rewrites: int,
+    repeats: int,
+    name: str,
+    stored: Callable[[], Awaitable[int]] | None = None,
+) -> list[float]:
+    """The y-protocols side: a writer client builds the history on a server (waiting until
+    ``stored()`` counts every record, if given), then fresh clients join, timed."""
     expected = _final(records, rewrites)
     last_key = f"r{records - 1}"
-    async with ywebsocket_process(data) as server:
+    async with server_context as server:
         writer: Doc[Any] = Doc()
         observer: Doc[Any] = Doc()
         async with y_clients(server.url, [writer, observer]):
@@ -102,12 +114,12 @@ async def _catchup_ywebsocket(data: Path, records: int, rewrites: int, repeats: 
                 deadline = time.monotonic() + 120
                 while not (last_key in seen and seen[last_key]["n"] == target):
                     if time.monotonic() > deadline:
-                        raise BenchmarkFailed(f"pycrdt-websocket: round {round_} never reached the observer")
+                        raise BenchmarkFailed(f"{name}: round {round_} never reached the observer")
                     await asyncio.sleep(POLL)
             deadline = time.monotonic() + 300
-            while (await asyncio.to_thread(_read_store, data, _count_keys) or 0) < records:
+            while stored is not None and await stored() < records:
                 if time.monotonic() > deadline:
-                    raise BenchmarkFailed("pycrdt-websocket: its store never held every record")
+                    raise BenchmarkFailed(f"{name}: its store never held every record")
                 await asyncio.sleep(0.5)
         times = []
         for _ in range(repeats):
@@ -118,13 +130,24 @@ async def _catchup_ywebsocket(data: Path, records: int, rewrites: int, repeats: 
                     deadline = time.monotonic() + 300
                     while not (len(got) >= records and last_key in got and got[last_key]["n"] == expected[last_key]):
                         if time.monotonic() > deadline:
-                            raise BenchmarkFailed(f"pycrdt-websocket: a fresh client got {len(got)} records")
+                            raise BenchmarkFailed(f"{name}: a fresh client got {len(got)} records")
                         await asyncio.sleep(POLL)
                     times.append(sw.lap())
             held = {key: value["n"] for key, value in got.items()}
             if held != expected:
-                raise BenchmarkFailed(f"pycrdt-websocket: a fresh client holds {len(held)} records, not the final ones")
+                raise BenchmarkFailed(f"{name}: a fresh client holds {len(held)} records, not the final ones")
     return times
+
+
+def _catchup_ywebsocket(data: Path, records: int, rewrites: int, repeats: int) -> list[float]:
+    async def stored() -> int:
+        return await asyncio.to_thread(_read_store, data, _count_keys) or 0
+
+    return asyncio.run(_catchup_y(ywebsocket_process(data), records, rewrites, repeats, "pycrdt-websocket", stored))
+
+
+def _catchup_node(log: Path, records: int, rewrites: int, repeats: int) -> list[float]:
+    return asyncio.run(_catchup_y(y_websocket_node_process(log), records, rewrites, repeats, "@y/websocket-server"))
 
 
 @register("anchor_catchup")
@@ -137,11 +160,22 @@ def anchor_catchup(quick: bool) -> Result:
     with _scratch() as dirs:
         source, relay_dir, ydata = next(dirs), next(dirs), next(dirs)
         asyncio.run(_build_replica(source, relay_dir, records, rewrites))
-        ytimes = asyncio.run(_catchup_ywebsocket(ydata, records, rewrites, repeats))
+        ytimes = _catchup_ywebsocket(ydata, records, rewrites, repeats)
+        missing = node_missing()
+        ntimes = None if missing else _catchup_node(next(dirs).with_suffix(".log"), records, rewrites, repeats)
         subj = [asyncio.run(_join_replica(relay_dir, next(dirs), expected)) for _ in range(repeats)]
     theirs = result.figure("pycrdt-websocket: fresh client holds every record", "s", ytimes)
     ours = result.figure("replica: fresh device SYNCED (stored, fsynced) and read", "s", subj)
     result.ratio("replica / pycrdt-websocket time", ours, theirs)
+    if ntimes is None:
+        result.notes.append(f"@y/websocket-server left out: {missing}")
+    else:
+        node = result.figure("@y/websocket-server: fresh client holds every record", "s", ntimes)
+        result.ratio("replica / @y/websocket-server time", ours, node)
+        result.notes.append(
+            "@y/websocket-server (Node.js, from npm; its own setupWSConnection) keeps documents in memory: no store "
+            "to wait for, and a fresh client is sent the room's Y.Doc state (sync step 2)"
+        )
     result.notes.append(
         "pycrdt-websocket's fresh clients join one warm server, one after another; then replica's, each against a "
         "relay process started for it on the built data directory (it serves the snapshot from disk)"
