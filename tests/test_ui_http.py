@@ -170,3 +170,54 @@ def test_demo_driven_by_hand(tmp_path: Path) -> None:
         stream.close()
         demo.terminate()
     assert "Step 1/9 Morning login: Amina: Data Synced, Bello: Data Synced, Chidi: Data Synced" in demo.output
+
+
+def until(stream: Iterator[dict[str, Any]], check: Any) -> dict[str, Any]:
+    """The first pushed screen for which ``check(screen)`` holds (the stream's deadline applies)."""
+    return next(value for value in stream if check(value))
+
+
+def test_login_peer_sync_and_live_mode_through_the_screens(tmp_path: Path) -> None:
+    """Two devices' screens and a relay: the morning login syncs both; B
+    syncs with A (served by A's `replica ui --serve-peers`): A's count rises,
+    B's stays; live mode on B then carries B's record to the relay, and
+    "Sync Data" is refused meanwhile (the live sync already syncs)."""
+    from relay_process import RelayProcess
+
+    with RelayProcess(tmp_path / "relay") as relay:
+        options = {}
+        for name in ("dev-a", "dev-b"):
+            with Replica.open(tmp_path / name, replica_id=name):
+                pass
+            (tmp_path / f"{name}.cred").write_text(relay.issue(name, ["campaign-7/*"]) + "\n")
+            options[name] = ["--relay", relay.url, "--credential", str(tmp_path / f"{name}.cred")]
+        serving = [*options["dev-a"], "--serve-peers", "0", "--peer-host", "127.0.0.1"]
+        with UIProcess(tmp_path / "dev-a", *serving) as a:
+            served = next(line for line in a.output if "serving peers on" in line).rsplit(" ", 1)[1]
+            with UIProcess(tmp_path / "dev-b", *options["dev-b"], "--peer", f"A={served}") as b:
+                a_events, b_events = events(a.url + "events"), events(b.url + "events")
+                for url, stream in ((a.url, a_events), (b.url, b_events)):
+                    assert post(url + "login", {"name": "Amina"})[0] == 200
+                    shown = until(stream, lambda s: s["popup"] is not None)
+                    assert shown["popup"]["title"] == "Data Synced" and shown["login"]["line"] == "Logged in: Amina"
+                    assert post(url + "popup/close", {})[0] == 200  # so the next popup is the next sync's
+                    until(stream, lambda s: s["popup"] is None)
+                post(b.url + "records", {"name": "Zainab Ali"})
+                assert until(b_events, lambda s: s["card"]["count"] == 1)["card"]["title"] == "Data unsynced"
+
+                assert post(b.url + "peers/sync", {"url": served})[0] == 200
+                shown = until(b_events, lambda s: s["popup"] is not None and s["overlay"] is None)
+                assert shown["popup"]["title"] == "Synced with A"
+                assert shown["card"]["count"] == 1  # only the relay's acknowledgement lowers it
+                assert shown["peers"][0]["peer_id"] == "dev-a"
+                assert until(a_events, lambda s: s["card"]["count"] == 1)["peers"][0]["peer_id"] == "dev-b"
+
+                assert post(b.url + "live", {"on": True})[0] == 200
+                shown = until(b_events, lambda s: s["card"]["count"] == 0)
+                assert shown["live"]["on"] and not shown["sync"]["enabled"]
+                status, answer = post(b.url + "sync", {})
+                assert (status, answer["error"]["code"]) == (409, "live_on")
+                assert post(b.url + "live", {"on": False})[0] == 200
+                assert not until(b_events, lambda s: not s["live"]["on"])["sync"]["note"]
+                b.terminate()
+            a.terminate()

@@ -20,7 +20,7 @@ import asyncio
 import importlib.util
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -146,13 +146,13 @@ class Device:
         if self.busy:
             raise action_error("sync_running", "a sync is already running; wait for its outcome")
 
-    def _start(self, syncing: Any, target: Target | None) -> None:
+    def _start(self, syncing: Awaitable[SyncStatus], target: Target | None) -> None:
         self._set(outcome=None, running=target, running_relay=target is None)
         self._task = asyncio.get_running_loop().create_task(self._follow(syncing, target))
 
-    async def _follow(self, syncing: Any, target: Target | None) -> None:
+    async def _follow(self, syncing: Awaitable[SyncStatus], target: Target | None) -> None:
         try:
-            final: SyncStatus = await syncing
+            final = await syncing
             outcome = Outcome(final, target)
         except ReplicaError as exc:  # the sync could not run at all (a bad credential, a closed replica)
             log.warning("the sync could not run: %s", exc)

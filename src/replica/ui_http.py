@@ -64,6 +64,8 @@ STATUS_OF = {
     "live_on": 409,
     "sync_running": 409,
     "step_running": 409,
+    "day_over": 409,
+    "relay_down": 409,
     "too_large": 413,
     "bad_content_type": 415,
     "bad_record": 422,
