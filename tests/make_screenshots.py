@@ -77,7 +77,10 @@ def main() -> None:
                 page.screenshot(path=DOCS / "ui-failed.png")
                 relay.start(port)
                 ui.terminate()
-        with launch({"width": 1560, "height": 900}) as browser, DemoProcess(root / "demo", "--step-delay", "0") as demo:
+        with (
+            launch({"width": 1560, "height": 900}) as browser,
+            DemoProcess(root / "demo", "--step-delay", "0.01") as demo,
+        ):
             page = browser.new_page()
             page.set_default_timeout(90_000)
             page.goto(demo.url)

@@ -198,7 +198,7 @@ def test_demo_plays_the_field_day_to_data_synced(tmp_path: Path, browser: Any) -
     page.set_viewport_size({"width": 1600, "height": 1000})
     page.set_default_timeout(90_000)
     try:
-        with DemoProcess(tmp_path / "demo", "--step-delay", "0") as demo:
+        with DemoProcess(tmp_path / "demo", "--step-delay", "0.01") as demo:
             page.goto(demo.url)
             expect(page.locator("#all-synced")).to_be_visible()
             expect(page.locator("#all-synced")).to_have_text("All devices: Data Synced")

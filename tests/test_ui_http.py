@@ -141,6 +141,7 @@ def test_the_commands_mistakes_are_one_line_with_a_code(tmp_path: Path) -> None:
             (["ui", "--data", str(tmp_path / "tablet"), "--lang", "xx"], "bad_language"),
             (["ui", "--data", str(tmp_path / "tablet"), "--area", "bad name"], "bad_area"),
             (["demo", "--data", str(tmp_path / "full")], "data_dir_not_empty"),
+            (["demo", "--step-delay", "-1"], "bad_timeout"),
             (["demo", "--port", port], "port_in_use"),
         ]
         for args, code in cases:

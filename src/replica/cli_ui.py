@@ -81,7 +81,7 @@ def ui(args: argparse.Namespace) -> int:
                 name=args.name,
                 relay=args.relay,
                 credential=credential,
-                targets=args.peer,
+                targets=args.peer or (),
                 areas=args.area or [DEFAULT_AREA],
                 catalog=words,
                 timeout=args.timeout,
@@ -157,7 +157,7 @@ def add_options(ui_command: argparse.ArgumentParser, demo_command: argparse.Argu
     )
     ui_command.add_argument("--port", type=cli_input.port, default=PORT, help="port of the page on 127.0.0.1")
     ui_command.add_argument(
-        "--peer", type=peer, action="append", default=[], metavar="[NAME=]URL", help="a nearby device (repeatable)"
+        "--peer", type=peer, action="append", metavar="[NAME=]URL", help="a nearby device (repeatable)"
     )
     ui_command.add_argument("--serve-peers", type=cli_input.port, metavar="PORT", help="also serve peers on PORT")
     ui_command.add_argument("--peer-host", default="0.0.0.0", help="with --serve-peers: address to listen on")
@@ -171,6 +171,6 @@ def add_options(ui_command: argparse.ArgumentParser, demo_command: argparse.Argu
     demo_command.add_argument("--port", type=cli_input.port, default=PORT, help="port of the page on 127.0.0.1")
     demo_command.add_argument("--lang", default="en", help=f"language of the screens ({languages})")
     demo_command.add_argument(
-        "--step-delay", type=float, default=2.5, help="seconds between two steps of the field day"
+        "--step-delay", type=cli_input.seconds, default=2.5, help="seconds between two steps of the field day"
     )
     demo_command.add_argument("--manual", action="store_true", help="do not play the field day: drive it by hand")

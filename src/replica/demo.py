@@ -212,6 +212,11 @@ class Demo:
                     self.failure = f"{step.title}: {exc.message} [{exc.code}]"
                     self.announce(f"Step {self.done + 1} not done: {exc.message}")
                     return
+                except Exception as exc:  # a fault of the demo: logged with its traceback, shown, the day stops
+                    log.error("step %r failed", step.title, exc_info=exc)
+                    self.failure = f"{step.title}: stopped on an unexpected error (see the terminal)"
+                    self.announce(f"Step {self.done + 1} not done: {exc!r}")
+                    return
                 self.done += 1
                 self.results.append(result)
                 self.announce(f"Step {self.done}/{len(STEPS)} {step.title}: {result}")

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from replica.errors import ReplicaError
+from replica.errors import ErrorInfo, ReplicaError
 from replica.replica import Replica
 from replica.status import SyncStatus
 from replica.ui_feed import Feed
@@ -38,6 +38,10 @@ DEFAULT_AREA = "campaign-7/households"
 #: Longest text field of a record the form saves, and the largest number.
 MAX_TEXT = 200
 MAX_NUMBER = 10_000
+
+
+#: What the popup says when a sync stopped on a fault of this program (logged with its traceback).
+CRASHED = ErrorInfo("sync_crashed", "the sync stopped on an unexpected error (logged on the device); try again", True)
 
 
 class ActionError(ReplicaError):
@@ -107,7 +111,7 @@ class Device:
     # -- the buttons -------------------------------------------------------------
 
     def start_sync(self) -> None:
-        """ "Sync Data" (and Retry): one sync with the relay, shown by the overlay, then the popup."""
+        """The "Sync Data" button (and Retry): one sync with the relay, shown by the overlay, then the popup."""
         if self.relay is None:
             raise action_error("no_relay", "this device has no server address; start it with --relay URL")
         if self.facts.live:
@@ -117,7 +121,7 @@ class Device:
         self._start(self.replica.sync(relay, credential=self.credential, timeout=self.timeout), None)
 
     def start_peer_sync(self, url: str) -> None:
-        """ "Sync with <device>": one sync with a nearby device serving peers."""
+        """The "Sync with <device>" button: one sync with a nearby device serving peers."""
         target = next((t for t in self.facts.targets if t.url == url), None)
         if target is None:
             raise action_error("unknown_peer", f"no nearby device at {url!r} on this screen; add it first")
@@ -154,11 +158,16 @@ class Device:
         try:
             final = await syncing
             outcome = Outcome(final, target)
-        except ReplicaError as exc:  # the sync could not run at all (a bad credential, a closed replica)
+        except ReplicaError as exc:  # the sync could not run at all (a closed replica, say)
             log.warning("the sync could not run: %s", exc)
             if self.replica.closed:
                 return
             outcome = Outcome(self.replica.status(), target, exc.info())
+        except Exception as exc:  # a fault here: shown as a failure, so the overlay never stays up
+            log.error("the sync stopped on an unexpected error", exc_info=exc)
+            if self.replica.closed:
+                return
+            outcome = Outcome(self.replica.status(), target, CRASHED)
         if target is not None and outcome.final.peer is not None and target.peer_id != outcome.final.peer:
             found = replace(target, peer_id=outcome.final.peer)
             targets = tuple(found if t.url == target.url else t for t in self.facts.targets)

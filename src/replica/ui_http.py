@@ -110,9 +110,13 @@ def pages(home: str, *assets: str) -> list[BaseRoute]:
 
 async def body_of(request: Request) -> dict[str, Any]:
     """The JSON object a POST carries (an empty body is ``{}``)."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ReplicaError(f"the request is larger than {MAX_BODY} bytes", code="too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # read no further than the limit
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ReplicaError(f"the request is larger than {MAX_BODY} bytes", code="too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         return {}
     try:

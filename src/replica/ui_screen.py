@@ -150,7 +150,7 @@ def sync_button(facts: Facts, catalog: Catalog) -> dict[str, Any]:
 
 
 def overlay(status: SyncStatus, facts: Facts, catalog: Catalog) -> dict[str, Any] | None:
-    """ "Sync in Progress" over the whole page while a sync the user started runs."""
+    """The overlay, "Sync in Progress", over the whole page while a sync the user started runs."""
     if facts.running is not None:
         return {
             "title": catalog.text("overlay.peer_title", device=facts.running.name),

@@ -23,6 +23,7 @@ DEFAULT = "en"
 ENGLISH: dict[str, str] = {
     "app.title": "Home",
     "app.campaign": "Health campaign",
+    "app.reconnecting": "Lost the link to this device's app server; reconnecting…",
     "login.button": "Log in",
     "login.out": "Log out",
     "login.as": "Logged in: {name}",
@@ -86,6 +87,7 @@ ENGLISH: dict[str, str] = {
 FRENCH: dict[str, str] = {
     "app.title": "Accueil",
     "app.campaign": "Campagne de santé",
+    "app.reconnecting": "Lien perdu avec le serveur de l'application ; reconnexion…",
     "login.button": "Se connecter",
     "login.out": "Se déconnecter",
     "login.as": "Connecté : {name}",

@@ -24,7 +24,7 @@ async function press(path, body) {
       body: JSON.stringify(body || {}),
     });
   } catch (err) {
-    toast("The app cannot reach this device's server; is `replica ui` running?");
+    toast(screen ? screen.text["app.reconnecting"] : String(err));
     return null;
   }
   const value = await answer.json().catch(() => null);
@@ -181,3 +181,4 @@ $("form").addEventListener("submit", async (event) => {
 
 const source = new EventSource("events");
 source.onmessage = (event) => render(JSON.parse(event.data));
+source.onerror = () => { if (screen) toast(screen.text["app.reconnecting"]); };  // it reconnects by itself
