@@ -67,12 +67,16 @@ def test_the_card_shows_the_status_headline_and_every_refusal(status: SyncStatus
     assert [item["count"] for item in card["rejected"]] == [r.count for r in held]
 
 
-@given(statuses, st.none() | errors)
-def test_the_popup_says_data_synced_only_when_the_status_does(final: SyncStatus, failure: ErrorInfo | None) -> None:
-    popup = screen(final, {}, replace(FACTS, outcome=Outcome(final, None, failure)), ENGLISH)["popup"]
+@given(statuses, statuses, st.none() | errors)
+def test_the_popup_says_data_synced_only_when_the_status_does(
+    final: SyncStatus, now: SyncStatus, failure: ErrorInfo | None
+) -> None:
+    """``final``: what the sync returned; ``now``: the status while the popup shows."""
+    popup = screen(now, {}, replace(FACTS, outcome=Outcome(final, None, failure)), ENGLISH)["popup"]
     assert popup is not None
     says_synced = popup["title"] == "Data Synced"
-    assert says_synced == (final.headline is Headline.SYNCED and failure is None and final.peer is None)
+    both = final.headline is Headline.SYNCED and now.headline is Headline.SYNCED
+    assert says_synced == (both and failure is None and final.peer is None)
     error = failure or (final.error if final.state is SyncState.FAILED else None)
     if error is not None:
         assert popup["title"] == "Sync Failed"

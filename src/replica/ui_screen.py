@@ -94,7 +94,7 @@ def screen(status: SyncStatus, peers: Mapping[str, PeerStatus], facts: Facts, ca
         "sync": sync_button(facts, catalog),
         "live": {"on": facts.live, "available": facts.relay},
         "overlay": overlay(status, facts, catalog),
-        "popup": None if facts.outcome is None else popup(facts.outcome, catalog),
+        "popup": None if facts.outcome is None else popup(facts.outcome, status, catalog),
         "peers": peer_rows(peers, facts, catalog),
         "discovery": facts.discovery,
         "form": {
@@ -175,14 +175,16 @@ def overlay(status: SyncStatus, facts: Facts, catalog: Catalog) -> dict[str, Any
     }
 
 
-def popup(outcome: Outcome, catalog: Catalog) -> dict[str, Any]:
-    """The outcome of a sync the user started, as the popup shows it."""
-    shown = popup_of(outcome, catalog)
+def popup(outcome: Outcome, now: SyncStatus, catalog: Catalog) -> dict[str, Any]:
+    """The outcome of a sync the user started, as the popup shows it while
+    the status is ``now`` (a change saved since the run makes it say so,
+    not "Data Synced")."""
+    shown = popup_of(outcome, now, catalog)
     shown["peer_url"] = None if outcome.peer is None else outcome.peer.url  # where Retry syncs again
     return shown
 
 
-def popup_of(outcome: Outcome, catalog: Catalog) -> dict[str, Any]:
+def popup_of(outcome: Outcome, now: SyncStatus, catalog: Catalog) -> dict[str, Any]:
     final = outcome.final
     error = outcome.error or (final.error if final.state is SyncState.FAILED else None)
     device = outcome.peer.name if outcome.peer is not None else final.peer
@@ -206,7 +208,7 @@ def popup_of(outcome: Outcome, catalog: Catalog) -> dict[str, Any]:
             "error_code": None,
             "retry": None,
         }
-    if final.headline is Headline.SYNCED:
+    if final.headline is Headline.SYNCED and now.headline is Headline.SYNCED:
         return {
             "kind": "synced",
             "title": catalog.text("popup.synced"),
@@ -215,11 +217,11 @@ def popup_of(outcome: Outcome, catalog: Catalog) -> dict[str, Any]:
             "error_code": None,
             "retry": None,
         }
-    # The run completed, and changes saved meanwhile wait for the next one: not "Data Synced".
+    # The run completed, and changes saved meanwhile (or since) wait for the next one: not "Data Synced".
     return {
         "kind": "unsynced",
         "title": catalog.text("popup.more"),
-        "lines": [catalog.text("popup.more_body", count=final.unsynced)],
+        "lines": [catalog.text("popup.more_body", count=max(final.unsynced, now.unsynced))],
         "code": None,
         "error_code": None,
         "retry": catalog.text("popup.again"),
