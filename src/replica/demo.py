@@ -35,6 +35,7 @@ from typing import Any
 
 from replica.engine import Engine
 from replica.errors import ReplicaError
+from replica.peer import PeerServer
 from replica.relay import Relay
 from replica.replica import Replica
 from replica.status import Headline, SyncStatus
@@ -105,7 +106,8 @@ class Demo:
         self.announce: Callable[[str], None] = lambda line: None
         self.held: dict[str, int] = {}  #: what the relay holds of each origin (when it was last up)
         self.feed: Feed[dict[str, Any]] = Feed(self.view)
-        self._server: Any = None
+        self._server: PeerServer | None = None
+        self._replicas: dict[str, Replica] = {}
         self._unsubscribes: list[Callable[[], None]] = []
 
     # -- start and stop --------------------------------------------------------
@@ -115,7 +117,9 @@ class Demo:
         await self.set_relay(True)
         assert self.relay is not None
         self.port = int(self.relay_url.rsplit(":", 1)[1])
-        replicas = {m.key: Replica.open(self.data / m.key, replica_id=m.replica_id) for m in TEAM}
+        replicas = self._replicas
+        for m in TEAM:  # kept as they open, so that close() closes them whatever fails next
+            replicas[m.key] = Replica.open(self.data / m.key, replica_id=m.replica_id)
         self._server = await replicas[SUPERVISOR].serve_peers(HOST, 0)
         tablet = Target(f"{self.members[SUPERVISOR].name}'s tablet", self._server.url)
         for member in TEAM:
@@ -145,8 +149,8 @@ class Demo:
             unsubscribe()
         if self._server is not None:
             await self._server.stop()
-        for device in self.devices.values():
-            device.replica.close()
+        for replica in self._replicas.values():
+            replica.close()
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None

@@ -26,11 +26,6 @@ class Feed(Generic[T]):
         self._viewers: list[tuple[list[T], asyncio.Event]] = []
         self._shown: T | None = None
 
-    @property
-    def watched(self) -> bool:
-        """Someone reads the feed (otherwise :meth:`publish` computes nothing)."""
-        return bool(self._viewers)
-
     def publish(self) -> None:
         """Something changed: compute the value and hand it on, if it is new."""
         if self.closed or not self._viewers:
