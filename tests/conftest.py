@@ -23,3 +23,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "browser" in item.keywords:
+        from browser import missing
+
+        reason = missing()
+        if reason is not None:
+            pytest.skip(f"browser test: {reason}")

@@ -17,11 +17,10 @@ test only after :meth:`kill` or :meth:`stop`.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 
-from server_process import CLI, HOST, TIMEOUT, ServerProcess, ServerProcessError
+from server_process import CLI, HOST, ServerProcess, ServerProcessError
 
 __all__ = ["CLI", "PeerProcess", "PeerProcessError"]
 
@@ -37,10 +36,6 @@ class PeerProcess(ServerProcess):
     READY = re.compile(r"Device (?P<id>\S+) serving peers on (?P<url>ws://127\.0\.0\.1:\d+)")
     STOPPED = "Peer server stopped"
     Error = PeerProcessError
-
-    def __init__(self, data: str | os.PathLike[str], *extra: str, timeout: float = TIMEOUT) -> None:
-        super().__init__(data, timeout=timeout)
-        self.extra = extra  #: more options of ``peer serve`` (``--relay URL --live``, say)
 
     def command(self, port: int) -> list[str]:
         return [*CLI, "peer", "serve", "--data", str(self.data), "--host", HOST, "--port", str(port), *self.extra]

@@ -15,7 +15,6 @@ a free port, waits (with a timeout, never by sleeping) for its
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -38,11 +37,6 @@ class RelayProcess(ServerProcess):
 
     def command(self, port: int) -> list[str]:
         return [*CLI, "relay", "--data", str(self.data), "--host", HOST, "--port", str(port)]
-
-    def terminate(self) -> list[str]:
-        """SIGTERM the relay, wait, and check a clean stop; see :meth:`wait_stopped`."""
-        self.send_signal(signal.SIGTERM)
-        return self.wait_stopped()
 
     def restart(self, port: int = 0) -> RelayProcess:
         """Kill the running process (if any) and start a new one on the same data directory."""

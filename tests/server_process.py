@@ -42,8 +42,9 @@ class ServerProcess:
     STOPPED: ClassVar[str]  #: how a clean stop's line starts
     Error: ClassVar[type[ServerProcessError]] = ServerProcessError
 
-    def __init__(self, data: str | os.PathLike[str], *, timeout: float = TIMEOUT) -> None:
+    def __init__(self, data: str | os.PathLike[str], *extra: str, timeout: float = TIMEOUT) -> None:
         self.data = Path(data)
+        self.extra = extra  #: more options of the command (``--relay URL``, say)
         self.timeout = timeout
         self.replica_id: str | None = None
         #: Standard output of the current (or last) process, line by line.
@@ -100,6 +101,11 @@ class ServerProcess:
         if self._process is None or self._process.poll() is not None:
             raise RuntimeError(f"the {self.NAME} is not running")
         self._process.send_signal(number)
+
+    def terminate(self) -> list[str]:
+        """SIGTERM the server, wait, and check a clean stop; see :meth:`wait_stopped`."""
+        self.send_signal(signal.SIGTERM)
+        return self.wait_stopped()
 
     def wait_stopped(self) -> list[str]:
         """Wait for the server to exit after SIGTERM/SIGINT; raise unless it

@@ -18,10 +18,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "replica"
 
 #: Lowest first. A module imports only from layers below its own.
 LAYERS: list[set[str]] = [
-    {"errors", "names", "values"},
+    {"errors", "names", "values", "ui_text", "ui_feed"},
     {"delta", "store"},
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
-    {"wire", "events", "spans"},
+    {"wire", "events", "spans", "ui_screen"},
     {"log", "runs"},
     {"compaction", "doccache"},
     {"engine", "session"},
@@ -37,8 +37,11 @@ LAYERS: list[set[str]] = [
         "testing.backends",
         "testing.ledger",
         "testing.links",
+        "ui_device",
     },
-    {"cli_sync"},
+    {"cli_sync", "demo"},
+    {"ui_http"},
+    {"cli_ui"},
     {"cli"},
     {"testing.network"},
     {"testing.checks"},

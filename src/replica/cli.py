@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from replica import __version__, cli_input, cli_sync, registry
+from replica import __version__, cli_input, cli_sync, cli_ui, registry
 from replica.credentials import PublicKey
 from replica.engine import Engine
 from replica.errors import ErrorInfo, ReplicaError
@@ -404,6 +404,17 @@ def _sync(args: argparse.Namespace) -> int:
     return code
 
 
+# -- the Sync screen ---------------------------------------------------------
+
+
+def _ui(args: argparse.Namespace) -> int:
+    return cli_ui.ui(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return cli_ui.demo(args)
+
+
 # -- parser ------------------------------------------------------------------
 
 
@@ -470,6 +481,8 @@ EXAMPLES = {
     "peer trust": "replica peer trust --data ./phone-3 --relay-key relay.pub",
     "peer key": "replica peer key --data ./phone-3",
     "peer list": "replica peer list --data ./phone-3 --json",
+    "ui": "replica ui --data ./tablet-7 --relay ws://127.0.0.1:8765 --credential tablet-7.cred",
+    "demo": "replica demo",
 }
 
 
@@ -583,6 +596,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     listing.add_argument("--json", action="store_true", help="print one JSON object: the replica id and its peers")
     for command in (serve, trust, key, listing):
         _device_options(command, env)
+
+    ui = _command(commands, "ui", "serve a device's Sync screen on 127.0.0.1 (a web page)", _ui)
+    _device_options(ui, env)
+    demo = _command(commands, "demo", "a relay, field devices and a field day, on one page", _demo)
+    cli_ui.add_options(ui, demo)
     return parser
 
 

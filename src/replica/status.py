@@ -23,6 +23,15 @@ class SyncState(enum.Enum):
     FAILED = "failed"  #: the last sync did not complete; see ``error``
 
 
+class Headline(enum.Enum):
+    """The line a home screen shows, as :attr:`SyncStatus.headline` decides it."""
+
+    SYNCING = "Sync in Progress"  #: a sync is running
+    FAILED = "Sync Failed"  #: the last sync failed (see ``error``)
+    SYNCED = "Data Synced"  #: the last sync completed and nothing is unsynced
+    UNSYNCED = "Data unsynced"  #: anything else: the count is what matters
+
+
 @dataclass(frozen=True)
 class Progress:
     """Counts of deltas in the current (or last) sync run."""
@@ -58,16 +67,28 @@ class SyncStatus:
     retry_at: float | None = None
 
     @property
+    def headline(self) -> Headline:
+        """Which of the four lines a home screen shows (the one place that
+        decides it: :attr:`label` words it in English, a UI's message catalog
+        in its own language)."""
+        if self.state is SyncState.SYNCING:
+            return Headline.SYNCING
+        if self.state is SyncState.FAILED and self.error is not None:
+            return Headline.FAILED
+        if self.state is SyncState.SYNCED and self.unsynced == 0:
+            return Headline.SYNCED
+        return Headline.UNSYNCED
+
+    @property
     def label(self) -> str:
         """The line a home screen shows."""
-        if self.state is SyncState.SYNCING:
-            return "Sync in Progress"
-        if self.state is SyncState.FAILED and self.error is not None:
+        headline = self.headline
+        if headline is Headline.FAILED and self.error is not None:
             retry = "retry can help" if self.error.retryable else "retrying will not help"
             return f"Sync Failed: {self.error.message} ({retry})"
-        if self.state is SyncState.SYNCED and self.unsynced == 0:
-            return "Data Synced"
-        return f"Data unsynced: {self.unsynced}"
+        if headline is Headline.UNSYNCED:
+            return f"Data unsynced: {self.unsynced}"
+        return str(headline.value)
 
     @property
     def lines(self) -> list[str]:
