@@ -7,10 +7,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
+from replica import Replica
 from replica.errors import ReplicaLocked
-from replica.store import Store, StoreFailure, prefix_end
+from replica.store import TABLES, Store, StoreFailure, prefix_end
 from replica.store.lmdb import LmdbStore
 from replica.store.memory import MemoryStore
 
@@ -132,3 +134,20 @@ def test_lmdb_grows_a_full_map(tmp_path: Path) -> None:
     with store.read() as txn:
         assert len(list(txn.scan("deltas"))) == written + 10
     store.close()
+
+
+def test_a_data_directory_older_than_a_table_opens_read_only(tmp_path: Path) -> None:
+    """A directory written before the ``snapshots`` table existed (as every
+    device's was before compaction) is read as having none, without writing."""
+    with Replica.open(tmp_path, replica_id="old-dev") as device:
+        device.doc("d").records("r").put("a", {"n": 1})
+    env = lmdb.open(str(tmp_path), max_dbs=len(TABLES) + 2)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"snapshots", txn=txn), delete=True)
+    env.close()
+    with Replica.open(tmp_path, readonly=True) as reader:
+        assert reader.status().unsynced == 1
+        assert reader.snapshot_for("d", {}) is None and reader.tail_length("d") == 1
+        assert dict(reader.doc("d").records("r").items()) == {"a": {"n": 1}}
+    with Replica.open(tmp_path) as writer:  # writable: the table is made
+        assert writer.compact(bound=None) == 1

@@ -40,7 +40,10 @@ class _LmdbTxn(Txn):
         self._dbs = dbs
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        value = self._txn.get(key, db=self._dbs[table])
+        db = self._dbs[table]
+        if db is None:
+            return None
+        value = self._txn.get(key, db=db)
         return None if value is None else bytes(value)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
@@ -55,6 +58,8 @@ class _LmdbTxn(Txn):
         self._txn.delete(key, db=self._dbs[table])
 
     def scan(self, table: str, start: bytes = b"", stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        if self._dbs[table] is None:
+            return
         with self._txn.cursor(db=self._dbs[table]) as cursor:
             if not cursor.set_range(start):
                 return
@@ -64,6 +69,8 @@ class _LmdbTxn(Txn):
                 yield key, value
 
     def last_before(self, table: str, stop: bytes) -> tuple[bytes, bytes] | None:
+        if self._dbs[table] is None:
+            return None
         with self._txn.cursor(db=self._dbs[table]) as cursor:
             found = cursor.prev() if cursor.set_range(stop) else cursor.last()
             if not found:
@@ -97,7 +104,7 @@ class LmdbStore(Store):
                 raise DataDirError(f"no data directory at {self.path}")
             try:
                 self._env = lmdb.open(str(self.path), max_dbs=len(TABLES) + 2, readonly=True, lock=True)
-                self._dbs = {name: self._env.open_db(name.encode(), create=False) for name in TABLES}
+                self._dbs = {name: self._existing_db(name) for name in TABLES}
             except lmdb.Error as exc:
                 raise DataDirError(f"cannot read the database in {self.path}: {exc}") from exc
             return
@@ -125,6 +132,15 @@ class LmdbStore(Store):
         except lmdb.Error as exc:
             os.close(self._lock_fd)
             raise DataDirError(f"cannot open the database in {self.path}: {exc}") from exc
+
+    def _existing_db(self, name: str) -> Any:
+        """A table of a read-only store, or None (read as empty) if the data
+        directory predates it: a newer version adds tables when it first
+        writes there (``snapshots`` came with compaction)."""
+        try:
+            return self._env.open_db(name.encode(), create=False)
+        except lmdb.NotFoundError:
+            return None
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
