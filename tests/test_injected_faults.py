@@ -9,6 +9,7 @@ the story (slower); by default the tests stop at the first failing example.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -41,6 +42,7 @@ from replica.engine import Engine
 from replica.errors import ErrorInfo, StorageError
 from replica.log import DeltaLog
 from replica.names import RELAY
+from replica.replica import Replica
 from replica.session import Incoming, Session, SessionState
 from replica.status import Progress, SyncState, SyncStatus
 from replica.store import Txn
@@ -570,6 +572,24 @@ FAULTS = [
 #: (peers_ignore_revocations: example 55 of 60; 9 runs of 10 with random seeds,
 #: median 5), or cannot see (it has no clock-driven timeouts and no stop), each
 #: with the direct test that must catch it.
+@contextmanager
+def a_one_shot_call_waits_for_the_live_sync_to_end() -> Iterator[None]:
+    """A one-shot ``sync()`` joining a running live sync with the relay
+    awaits the live sync itself, as before the fix: it never returns while
+    the live sync runs ("Sync Data" pressed in live mode hangs)."""
+
+    async def forever(self: Replica, live: asyncio.Task[SyncStatus]) -> SyncStatus:
+        return await asyncio.shield(live)
+
+    with _patched(Replica, "_caught_up", forever):
+        yield
+
+
+def _one_shot_joining_live() -> None:
+    with tempfile.TemporaryDirectory() as path:
+        test_net.test_a_one_shot_sync_joining_a_live_one_returns_once_caught_up(Path(path))
+
+
 def _quiet_live_link() -> None:
     with tempfile.TemporaryDirectory() as path:
         test_net.test_a_caught_up_live_link_stays_open_when_nothing_changes(Path(path))
@@ -580,6 +600,7 @@ DIRECT = [
     (quiet_live_links_time_out, _quiet_live_link),
     (stopping_leaves_the_run_as_it_was, test_net.test_a_live_sync_with_no_relay_says_when_it_retries_and_stops),
     (connected_is_never_said, test_runs.test_a_run_is_connected_from_the_welcome_until_its_link_closes),
+    (a_one_shot_call_waits_for_the_live_sync_to_end, _one_shot_joining_live),
 ]
 
 

@@ -8,9 +8,10 @@ import itertools
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,35 @@ def test_a_caught_up_live_link_stays_open_when_nothing_changes(tmp_path: Path) -
                 assert stopped.state is SyncState.SYNCED and not stopped.connected and stopped.unsynced == 0
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_one_shot_sync_joining_a_live_one_returns_once_caught_up(tmp_path: Path) -> None:
+    """ "Sync Data" pressed while a live sync runs: the call returns at the
+    live sync's next caught-up point, or its failure, and the live sync goes on."""
+
+    async def main() -> None:
+        with Replica.in_memory(replica_id="dev-a") as replica:
+            async with Relay(tmp_path / "relay", port=0) as relay:
+                url = relay.url
+                token = relay.issue_credential("dev-a", ["c7/*"], expires_at=time.time() + 3600)
+                live = asyncio.ensure_future(replica.sync(url, credential=token, live=True, timeout=2))
+                await until(replica, lambda status: status.state is SyncState.SYNCED and status.connected)
+                replica.doc("c7/h").records("hh").put("h1", {"n": 1})
+                once = await returns(replica.sync(url), 5)
+                assert once.state is SyncState.SYNCED and once.connected and once.unsynced == 0, once
+                assert not live.done()
+            replica.doc("c7/h").records("hh").put("h2", {"n": 2})  # the relay is gone
+            failed = await returns(replica.sync(url), 5)
+            assert failed.state is SyncState.FAILED and failed.error is not None and failed.error.retryable, failed
+            assert not live.done()  # it goes on retrying
+            await replica.stop_sync(url)
+            assert live.done()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+async def returns(call: Coroutine[Any, Any, SyncStatus], seconds: float) -> SyncStatus:
+    try:
+        return await asyncio.wait_for(call, seconds)
+    except TimeoutError:
+        raise AssertionError(f"the call did not return within {seconds} s") from None

@@ -41,6 +41,7 @@ class Replica(Engine):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sync_tasks: dict[str, asyncio.Task[SyncStatus]] = {}
+        self._live_relays: set[str] = set()  # URLs of the running live syncs with a relay
 
     @classmethod
     def open(  # type: ignore[override]
@@ -93,8 +94,10 @@ class Replica(Engine):
         or ``FAILED`` (with an error saying whether retrying can help). Live:
         stay connected, push each new delta at once, receive others', and
         reconnect after drops, until cancelled or a non-retryable error.
-        A call while a sync with the same URL runs joins it; cancelling the
-        task awaiting a live sync stops it. ``credential``:
+        A call while a sync with the same URL runs joins it: a one-shot call
+        joining a live sync with a relay returns at its next caught-up point
+        (``SYNCED`` with nothing unsynced) or failure, and the live sync goes
+        on; cancelling the task awaiting a live sync stops it. ``credential``:
         the token issued by the relay (the last one used is remembered).
 
         The same call syncs with another device serving peers
@@ -105,6 +108,8 @@ class Replica(Engine):
         task = self._sync_tasks.get(url)
         if task is None or task.done():
             task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer)
+        elif not live and url in self._live_relays:
+            return await self._caught_up(task)
         try:
             return await asyncio.shield(task)  # a one-shot run finishes for every caller that joined it
         except asyncio.CancelledError:
@@ -140,14 +145,40 @@ class Replica(Engine):
         runner = net.sync_live if live else net.sync_once
 
         async def run() -> SyncStatus:
-            final = await runner(self, url, credential=credential, timeout=timeout, peer=peer)
+            try:
+                final = await runner(self, url, credential=credential, timeout=timeout, peer=peer)
+            finally:
+                self._live_relays.discard(url)
             if final.state is SyncState.SYNCED and final.peer is None and not self.closed:
                 self._compact_after_sync()
             return final
 
         task = asyncio.get_running_loop().create_task(run())
         self._sync_tasks[url] = task
+        if live and not peer:
+            self._live_relays.add(url)
         return task
+
+    async def _caught_up(self, live: asyncio.Task[SyncStatus]) -> SyncStatus:
+        """The status at the running live sync's next caught-up point (or its
+        next failure, or its end); the live sync goes on."""
+        queue: asyncio.Queue[SyncStatus] = asyncio.Queue()
+        unsubscribe = self.subscribe(queue.put_nowait)
+        try:
+            status = self.status()
+            while not (
+                status.state is SyncState.FAILED
+                or (status.state is SyncState.SYNCED and status.connected and status.unsynced == 0)
+            ):
+                changed = asyncio.ensure_future(queue.get())
+                await asyncio.wait({changed, live}, return_when=asyncio.FIRST_COMPLETED)
+                if not changed.done():
+                    changed.cancel()
+                    return live.result() if not live.cancelled() else self.status()
+                status = changed.result()
+            return status
+        finally:
+            unsubscribe()
 
     def _compact_after_sync(self) -> None:
         """What the relay now holds durably no longer needs to be kept one by
