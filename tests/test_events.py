@@ -19,6 +19,7 @@ from replica.events import (
     Event,
     Incoming,
     IncomingSnapshot,
+    IncomingSnapshotPart,
     IngestResult,
     Rejected,
 )
@@ -28,6 +29,7 @@ DELTA = make("c7/h", "dev-a", 1, b"\x01\x00")
 EXAMPLES: list[object] = [
     Connected("relay-1", "relay", {"c7/h": {"dev-b": 2}}, 3, 2),
     Incoming("c7/h", (DELTA,)),
+    IncomingSnapshotPart("c7/h", {"dev-a": 3}, b"12345678", 10, 0, b"\x01\x00"),
     Acknowledged("relay-1", "relay", "c7/h", {"dev-a": 1}, 1),
     Denied("secret/x", "document_out_of_scope", "not covered"),
     Rejected("c7/h", "dev-a", 4, "delta_too_large", "too large"),
@@ -60,6 +62,7 @@ def test_the_event_union_names_every_session_event() -> None:
         Connected,
         Incoming,
         IncomingSnapshot,
+        IncomingSnapshotPart,
         Acknowledged,
         Denied,
         Rejected,

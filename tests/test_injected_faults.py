@@ -34,6 +34,7 @@ from hypothesis.stateful import run_state_machine_as_test
 import replica.doc
 import test_net
 import test_runs
+import test_snapshots
 import test_trust
 from replica import compaction, net, runs, spans, trust, wire
 from replica.delta import Delta
@@ -585,6 +586,24 @@ def a_one_shot_call_waits_for_the_live_sync_to_end() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def a_cut_state_starts_over() -> Iterator[None]:
+    """A sender ignores what the receiver kept of a state a dropped
+    connection cut, and sends it again from byte 0 (as before resumption)."""
+    parts = wire.snapshot_parts
+
+    def from_zero(snapshot: Any, max_frame_bytes: int = wire.MAX_FRAME_BYTES, start: int = 0) -> Any:
+        return parts(snapshot, max_frame_bytes)
+
+    with _patched(wire, "snapshot_parts", from_zero):
+        yield
+
+
+def _resumed_state() -> None:
+    with tempfile.TemporaryDirectory() as path:
+        test_snapshots.test_a_state_cut_short_resumes_where_it_stopped(Path(path))
+
+
 def _one_shot_joining_live() -> None:
     with tempfile.TemporaryDirectory() as path:
         test_net.test_a_one_shot_sync_joining_a_live_one_returns_once_caught_up(Path(path))
@@ -601,6 +620,7 @@ DIRECT = [
     (stopping_leaves_the_run_as_it_was, test_net.test_a_live_sync_with_no_relay_says_when_it_retries_and_stops),
     (connected_is_never_said, test_runs.test_a_run_is_connected_from_the_welcome_until_its_link_closes),
     (a_one_shot_call_waits_for_the_live_sync_to_end, _one_shot_joining_live),
+    (a_cut_state_starts_over, _resumed_state),
 ]
 
 

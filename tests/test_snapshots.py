@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from replica import Replica, net
+from replica import Replica, net, wire
 from replica.delta import Snapshot, checksum
 from replica.engine import Engine
 from replica.errors import REJECT_CHECKSUM, REJECT_CLASH, REJECT_MALFORMED
 from replica.names import RELAY
 from replica.relay import Relay
-from replica.session import Limits
+from replica.session import Grant, Limits, Session
 from replica.status import SyncState
+from replica.sync import settle
 from server_process import CLI
 
 DOC = "c7/households"
@@ -291,3 +292,78 @@ def test_a_state_claiming_seq_0_of_an_origin_claims_nothing_of_it(tmp_path: Path
         whole = compacted(a, 5)
         assert b.ingest_snapshot(whole._replace(vv={"dev-a": 5, "ghost": 0})).applied == 5
         assert b.version_vector(DOC) == {"dev-a": 5} and b.documents() == [DOC]
+
+
+# -- a state cut short resumes --------------------------------------------------------
+
+
+def _cut_link(device: Engine, relay: Engine, limits: Limits, parts_before_cut: int | None) -> tuple[int, int]:
+    """A device syncing with a relay, frames moved by hand; the link is cut
+    once ``parts_before_cut`` snapshot parts reached the device (None: never).
+    Returns (snapshot bytes sent, the first offset sent)."""
+
+    def grant(hello: wire.Hello, now: float) -> Grant:
+        return Grant(hello.replica_id, lambda name: True)
+
+    up = Session(device, role="device", initiator=True, limits=limits)
+    down = Session(relay, role="relay", initiator=False, authorize=grant, limits=limits)
+    up.start(0.0)
+    sent, first, parts = 0, -1, 0
+    for _ in range(10_000):
+        moved = False
+        for frame in up.data_to_send(0.0):
+            moved = True
+            down.receive(frame, 0.0)
+        for frame in down.data_to_send(0.0):
+            moved = True
+            decoded = wire.decode(frame, max_frame_bytes=limits.max_frame_bytes)
+            if isinstance(decoded, wire.SnapshotPart):
+                if parts_before_cut is not None and parts == parts_before_cut:
+                    up.connection_lost()
+                    down.connection_lost()
+                    settle(device, [up])
+                    return sent, first
+                parts += 1
+                sent += len(decoded.data)
+                first = decoded.offset if first < 0 else first
+            up.receive(frame, 0.0)
+        settle(device, [up])
+        settle(relay, [down])
+        if not moved:
+            break
+    assert up.completed, up.error
+    return sent, first
+
+
+def test_a_state_cut_short_resumes_where_it_stopped(tmp_path: Path) -> None:
+    limits = Limits(max_frame_bytes=8192)  # parts of 4 KiB
+    with Engine.open(tmp_path / "relay", replica_id="relay-x") as relay:
+        with Engine.open(tmp_path / "writer", replica_id="writer") as writer:
+            fill(writer, 3_000)
+            relay.ingest(writer.missing_deltas(DOC, {}))
+            expected = contents(writer)
+        relay.compact(bound=None)
+        whole = relay.snapshot_for(DOC, {})
+        assert whole is not None and len(whole.data) > 5 * 4096
+        with Engine.open(tmp_path / "device", replica_id="device") as device:
+            sent, first = _cut_link(device, relay, limits, parts_before_cut=3)
+            assert (sent, first) == (3 * 4096, 0)
+            assert device.partial_snapshots() == {DOC: (whole.checksum, 3 * 4096)}  # kept on disk
+        with Engine.open(tmp_path / "device") as device:  # even across a restart
+            assert device.version_vector(DOC) == {}
+            sent, first = _cut_link(device, relay, limits, parts_before_cut=None)
+            assert first == 3 * 4096 and sent == len(whole.data) - 3 * 4096  # the rest, not from byte 0
+            assert contents(device) == expected and device.version_vector(DOC) == {"writer": 3_000}
+            assert device.partial_snapshots() == {}
+            fill(relay, 10, start=5_000)  # the relay's state changes: a new transfer starts from 0
+            relay.compact(bound=None)
+            newer = relay.snapshot_for(DOC, {})
+            assert newer is not None
+        with Engine.open(tmp_path / "fresh", replica_id="fresh") as fresh:
+            _cut_link(fresh, relay, limits, parts_before_cut=2)
+            assert fresh.partial_snapshots() == {DOC: (newer.checksum, 2 * 4096)}
+            fill(relay, 10, start=6_000)
+            relay.compact(bound=None)  # a newer state: what was kept is of no use
+            sent, first = _cut_link(fresh, relay, limits, parts_before_cut=None)
+            assert first == 0 and fresh.partial_snapshots() == {}
+            assert contents(fresh) == contents(relay)

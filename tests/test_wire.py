@@ -18,6 +18,7 @@ deltas = st.builds(
     st.integers(1, 2**63 - 1),
     st.binary(max_size=64),
 )
+resumes = st.dictionaries(names, st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 2**40)), max_size=2)
 frames = st.one_of(
     st.builds(
         wire.Hello,
@@ -28,6 +29,7 @@ frames = st.one_of(
         mode=st.sampled_from(wire.MODES),
         challenge=st.none() | st.binary(min_size=1, max_size=32),
         proof=st.none() | st.binary(min_size=1, max_size=64),
+        resume=resumes,
     ),
     st.builds(
         wire.Welcome,
@@ -35,6 +37,7 @@ frames = st.one_of(
         role=st.sampled_from(wire.ROLES),
         documents=st.dictionaries(names, vvs, max_size=3),
         denied=st.dictionaries(names, st.tuples(names, st.text(max_size=20)), max_size=2),
+        resume=resumes,
     ),
     st.builds(lambda items: wire.Deltas("doc/a", tuple(items)), st.lists(deltas, max_size=5)),
     st.builds(wire.Ack, names, vvs),
@@ -97,6 +100,9 @@ def test_mutated_frames_raise_only_protocol_errors(frame: wire.Frame, data: st.D
         ({"t": "deltas", "doc": "d", "o": ["x"], "d": [[0, 1, b"12345678", "text"]]}, "bad_frame"),
         ({"t": "deltas", "doc": "d", "o": [3], "d": []}, "bad_frame"),
         ({"t": "ack", "doc": "d"}, "bad_frame"),
+        ({"t": "hello", "v": wire.VERSION, "id": "a", "role": "device", "res": {"d": [b"short", 0]}}, "bad_frame"),
+        ({"t": "hello", "v": wire.VERSION, "id": "a", "role": "device", "res": {"d": [b"12345678", -1]}}, "bad_frame"),
+        ({"t": "welcome", "v": wire.VERSION, "id": "a", "role": "relay", "res": {"d": b"12345678"}}, "bad_frame"),
         ({"t": "snap", "doc": "d", "vv": {}, "sum": b"short", "n": 2, "at": 0, "d": b"ab"}, "bad_frame"),
         ({"t": "snap", "doc": "d", "vv": {}, "sum": b"12345678", "n": 1, "at": 0, "d": b"ab"}, "bad_frame"),
         ({"t": "snap", "doc": "d", "vv": {}, "sum": b"12345678", "n": 9, "at": -1, "d": b"ab"}, "bad_frame"),

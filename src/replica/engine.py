@@ -36,7 +36,7 @@ from replica import delta as deltas
 from replica.delta import Delta, Snapshot
 from replica.doc import ClientIdSource, Document
 from replica.doccache import DocumentCache
-from replica.events import IngestResult
+from replica.events import IncomingSnapshotPart, IngestResult
 from replica.log import DeltaLog, Rejection
 from replica.names import RELAY, check_document_name, check_replica_id, new_replica_id
 from replica.spans import SpanCache
@@ -44,6 +44,7 @@ from replica.status import PeerStatus, Rejected, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
 from replica.vv import VersionVector, count_missing, covers, merge
+from replica.wire import SnapshotPart
 
 log = logging.getLogger("replica.engine")
 
@@ -466,6 +467,30 @@ class Engine:
         vv, data = found
         return Snapshot(document, vv, deltas.checksum(data), data)
 
+    def partial_snapshots(self) -> dict[str, tuple[bytes, int]]:
+        """``{document: (checksum, bytes held)}`` of the snapshots whose
+        transfer a dropped connection cut: told to the other side at the
+        next handshake, which sends the rest of the same state."""
+        self._check_open()
+        with self._log.read() as txn:
+            return self._log.partials(txn)
+
+    def partial_snapshot(self, document: str) -> SnapshotPart | None:
+        """What arrived of ``document``'s snapshot before a connection
+        dropped, as one part from byte 0."""
+        self._check_open()
+        with self._log.read() as txn:
+            found = self._log.partial(txn, document)
+        if found is None:
+            return None
+        vv, check, size, data = found
+        return SnapshotPart(document, vv, check, size, 0, data)
+
+    def keep_snapshot_part(self, part: IncomingSnapshotPart) -> None:
+        """Keep a part of a snapshot still arriving (see :meth:`partial_snapshots`)."""
+        with self._writing() as txn:
+            self._log.add_partial(txn, part.document, part.vv, part.checksum, part.size, part.offset, part.data)
+
     def ingest_snapshot(self, snapshot: Snapshot) -> IngestResult:
         """Store and apply another replica's state of a document (it stands
         for every delta up to ``snapshot.vv``), checked first: names, size,
@@ -480,6 +505,8 @@ class Engine:
             log.warning("%s", refused)
             return IngestResult(0, 0, refused)
 
+        with self._writing() as txn:  # whole now: what arrived of it in parts is no longer needed
+            self._log.drop_partial(txn, name)
         found = compaction.refusal(snapshot, max_bytes=self.max_snapshot_bytes)
         if found is not None:
             return reject(*found)

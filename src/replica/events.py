@@ -48,6 +48,20 @@ class IncomingSnapshot:
 
 
 @dataclass(frozen=True)
+class IncomingSnapshotPart:
+    """Bytes ``offset`` to ``offset + len(data)`` of a snapshot still
+    arriving (``size`` bytes in all): to keep, so that a dropped connection
+    resumes after them instead of from byte 0. Nothing is acknowledged."""
+
+    document: str
+    vv: dict[str, int]
+    checksum: bytes
+    size: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Acknowledged:
     """The other side durably holds ``vv`` of ``document``."""
 
@@ -91,7 +105,17 @@ class Closed:
     error: ErrorInfo | None
 
 
-Event = Connected | Incoming | IncomingSnapshot | Acknowledged | Denied | Rejected | Completed | Closed
+Event = (
+    Connected
+    | Incoming
+    | IncomingSnapshot
+    | IncomingSnapshotPart
+    | Acknowledged
+    | Denied
+    | Rejected
+    | Completed
+    | Closed
+)
 
 
 @dataclass(frozen=True)

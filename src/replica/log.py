@@ -15,6 +15,7 @@ so that keys stay short. Tables (see ``replica.store``)::
     watermarks  remote + 0x00 + doc                    -> msgpack {origin id: seq}
     rejected    remote + 0x00 + doc + origin           -> msgpack [from seq, code, message]
     snapshots   doc + b"v" | doc + b"d"                -> msgpack {origin id: seq} | state bytes
+    partials    doc + b"h" | doc + b"p" + offset       -> msgpack [{origin: seq}, checksum, size] | bytes
 
 A document's **snapshot** (at most one, its *base*) stands for every delta of
 it up to a version vector: one Yjs update holding at least their content.
@@ -285,6 +286,57 @@ class DeltaLog:
         prefix = _U32.pack(doc)
         for _, row in txn.scan("deltas", prefix, prefix_end(prefix)):
             yield self._delta(txn, document, row)
+
+    # -- snapshots still arriving ----------------------------------------------
+
+    def add_partial(
+        self, txn: Txn, document: str, vv: Mapping[str, int], check: bytes, size: int, offset: int, data: bytes
+    ) -> None:
+        """Keep bytes ``offset`` to ``offset + len(data)`` of a snapshot still
+        arriving (``size`` bytes in all, ``check`` its checksum); a first part
+        (``offset`` 0) replaces whatever was kept of ``document`` before."""
+        doc = self._doc(txn, document, create=True)
+        assert doc is not None
+        prefix = _U32.pack(doc)
+        if offset == 0:
+            self.drop_partial(txn, document)
+            txn.put("partials", prefix + b"h", msgpack.packb([dict(vv), check, size]))
+        txn.put("partials", prefix + b"p" + _U64.pack(offset), data)
+
+    def partial(self, txn: Txn, document: str) -> tuple[VersionVector, bytes, int, bytes] | None:
+        """``(vv, checksum, size, bytes held from 0)`` of ``document``'s snapshot still arriving."""
+        doc = self._doc(txn, document)
+        head = None if doc is None else txn.get("partials", _U32.pack(doc) + b"h")
+        if doc is None or head is None:
+            return None
+        vv, check, size = msgpack.unpackb(head)
+        data = bytearray()
+        prefix = _U32.pack(doc) + b"p"
+        for key, part in txn.scan("partials", prefix, prefix_end(prefix)):
+            if _U64.unpack(key[len(prefix) :])[0] != len(data):
+                break  # only what continues from byte 0 is of use
+            data += part
+        return vv, check, size, bytes(data)
+
+    def partials(self, txn: Txn) -> dict[str, tuple[bytes, int]]:
+        """``{document: (checksum, bytes held)}`` of every snapshot still arriving."""
+        out = {}
+        for key, _ in list(txn.scan("partials")):
+            if key[4:5] == b"h":
+                name = self._doc_name(txn, _U32.unpack(key[:4])[0])
+                found = self.partial(txn, name)
+                assert found is not None
+                out[name] = (found[1], len(found[3]))
+        return out
+
+    def drop_partial(self, txn: Txn, document: str) -> None:
+        """Forget what arrived of ``document``'s snapshot (it is whole now, or replaced)."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return
+        prefix = _U32.pack(doc)
+        for key, _ in list(txn.scan("partials", prefix, prefix_end(prefix))):
+            txn.delete("partials", key)
 
     # -- deltas --------------------------------------------------------------
 

@@ -61,6 +61,7 @@ from replica.events import (
     Event,
     Incoming,
     IncomingSnapshot,
+    IncomingSnapshotPart,
     IngestResult,
     Rejected,
 )
@@ -107,6 +108,10 @@ class LogView(Protocol):
     def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None: ...
 
     def span_of(self, run: Sequence[Delta]) -> Delta: ...
+
+    def partial_snapshots(self) -> dict[str, tuple[bytes, int]]: ...
+
+    def partial_snapshot(self, document: str) -> wire.SnapshotPart | None: ...
 
     def rejections(self, remote: str) -> list[Rejection]: ...
 
@@ -254,6 +259,7 @@ class Session:
         self._cuts: dict[tuple[str, str], int] = {}  # (document, origin) -> first seq refused
         self._offered: set[str] = set()  # documents offered to the initiator (live acceptor)
         self._parts = wire.SnapshotParts(self.limits.max_snapshot_bytes)  # snapshots arriving
+        self._resume: dict[str, tuple[bytes, int]] = {}  # what the other side holds of snapshots it got in part
         self.sent = self.to_send = self.received = self.to_receive = 0
 
     # -- the caller's vocabulary ---------------------------------------------
@@ -279,6 +285,7 @@ class Session:
                 challenge=challenge,
                 device_key=key,
                 revocations=revocations,
+                resume=self.replica.partial_snapshots(),
             )
         )
         self.state = SessionState.HANDSHAKE
@@ -443,10 +450,23 @@ class Session:
             raise ReplicaError(
                 f"a snapshot of {part.document!r}, which is not open on this link", code="document_not_open"
             )
+        if part.offset and not self._parts.started(part.document):  # the rest of one an earlier link cut
+            held = self.replica.partial_snapshot(part.document)
+            if held is not None and (held.vv, held.checksum, held.size, len(held.data)) == (
+                part.vv,
+                part.checksum,
+                part.size,
+                part.offset,
+            ):
+                self._parts.resume(held)
         whole = self._parts.add(part)
-        if whole is not None:
-            merge(self._docs[part.document].queued, whole.vv)  # it holds what it sends: never offered back
-            self._events.append(IncomingSnapshot(part.document, whole))
+        if whole is None:  # kept, so that a dropped connection resumes after it
+            self._events.append(
+                IncomingSnapshotPart(part.document, part.vv, part.checksum, part.size, part.offset, part.data)
+            )
+            return
+        merge(self._docs[part.document].queued, whole.vv)  # it holds what it sends: never offered back
+        self._events.append(IncomingSnapshot(part.document, whole))
 
     def _accept(self, hello: wire.Hello, now: float) -> None:
         assert self._authorize is not None
@@ -486,8 +506,10 @@ class Session:
                 credential=grant.credential,
                 relay_key=grant.relay_key,
                 revocations=grant.revocations,
+                resume=self.replica.partial_snapshots(),
             )
         )
+        self._resume = hello.resume
         remote = {d: hello.documents.get(d, {}) for d in names}
         if grant.verify_proof is not None:  # a peer: wait for its proof before exchanging anything
             self.state = SessionState.PROVING
@@ -504,6 +526,7 @@ class Session:
         else:
             raise ReplicaError(f"a {welcome.role} answered, and this session cannot check it", code="unexpected_role")
         self.remote_id, self.remote_role = welcome.replica_id, welcome.role
+        self._resume = welcome.resume
         self.authenticated = True
         self._welcome_extras = (welcome.credential, welcome.relay_key)
         for document, (code, message) in welcome.denied.items():
@@ -651,7 +674,10 @@ class Session:
                 break
             document, items = batch
             if isinstance(items, _Whole):
-                for part in wire.snapshot_parts(items.snapshot, self.limits.max_frame_bytes):
+                whole = items.snapshot
+                check, held = self._resume.pop(document, (b"", 0))
+                start = held if check == whole.checksum else 0  # it holds the first bytes of this very state
+                for part in wire.snapshot_parts(whole, self.limits.max_frame_bytes, start):
                     self._send(part)
                 self._in_flight.append((document, items.count, now))
                 continue

@@ -21,7 +21,17 @@ from collections.abc import Iterable
 
 from replica.engine import Engine
 from replica.errors import StorageError
-from replica.events import Acknowledged, Connected, Denied, Event, Incoming, IncomingSnapshot, IngestResult, Rejected
+from replica.events import (
+    Acknowledged,
+    Connected,
+    Denied,
+    Event,
+    Incoming,
+    IncomingSnapshot,
+    IncomingSnapshotPart,
+    IngestResult,
+    Rejected,
+)
 from replica.log import Rejection
 from replica.names import remote_key
 from replica.session import Session
@@ -44,7 +54,9 @@ def settle(engine: Engine, sessions: Iterable[Session]) -> list[tuple[Session, E
     others: list[tuple[Session, Event]] = []
     for session in sessions:
         for event in session.events():
-            if isinstance(event, Incoming | IncomingSnapshot | Acknowledged | Denied | Rejected | Connected):
+            if isinstance(
+                event, Incoming | IncomingSnapshot | IncomingSnapshotPart | Acknowledged | Denied | Rejected | Connected
+            ):
                 stored.append((session, event))
             others.append((session, event))
     if not stored:
@@ -85,6 +97,9 @@ def _store(
             held = event.deltas[: result.applied + result.duplicates]
             for document, vv in by_document(held).items():
                 engine.acknowledge(key, document, vv)
+        return
+    if isinstance(event, IncomingSnapshotPart):
+        engine.keep_snapshot_part(event)
         return
     if isinstance(event, IncomingSnapshot):
         result = engine.ingest_snapshot(event.snapshot)

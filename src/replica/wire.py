@@ -56,6 +56,7 @@ class Hello:
     proof: bytes | None = None
     device_key: bytes | None = None
     revocations: str | None = None
+    resume: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # document -> (checksum, bytes held)
     version: int = VERSION
 
 
@@ -74,6 +75,7 @@ class Welcome:
     credential: str | None = None
     relay_key: bytes | None = None
     revocations: str | None = None
+    resume: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # document -> (checksum, bytes held)
     version: int = VERSION
 
 
@@ -152,12 +154,14 @@ class Error:
 Frame = Hello | Welcome | Proof | Deltas | SnapshotPart | Ack | Open | Opened | Done | Error
 
 
-def snapshot_parts(snapshot: Snapshot, max_frame_bytes: int = MAX_FRAME_BYTES) -> list[SnapshotPart]:
-    """``snapshot`` as ``snap`` frames, each part at most half the frame limit."""
+def snapshot_parts(snapshot: Snapshot, max_frame_bytes: int = MAX_FRAME_BYTES, start: int = 0) -> list[SnapshotPart]:
+    """``snapshot`` as ``snap`` frames from byte ``start`` on (the receiver
+    holds the bytes before it: a transfer resumed), each part at most half
+    the frame limit."""
     step = max(1, max_frame_bytes // 2)
     size = len(snapshot.data)
     head = (snapshot.document, snapshot.vv, snapshot.checksum, size)
-    offsets = range(0, max(size, 1), step)
+    offsets = range(start if 0 < start < size else 0, max(size, 1), step)
     return [SnapshotPart(*head, offset, snapshot.data[offset : offset + step]) for offset in offsets]
 
 
@@ -167,6 +171,16 @@ class SnapshotParts:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._started: dict[str, tuple[SnapshotPart, bytearray]] = {}
+
+    def started(self, document: str) -> bool:
+        """Whether a snapshot of ``document`` is being gathered."""
+        return document in self._started
+
+    def resume(self, first: SnapshotPart) -> None:
+        """Start the snapshot of ``first.document`` from what an earlier
+        connection brought of it, held here: ``first`` stands for bytes 0 to
+        ``len(first.data)`` (its ``offset`` is 0)."""
+        self._started[first.document] = (first, bytearray(first.data))
 
     def add(self, part: SnapshotPart) -> Snapshot | None:
         """Take one part; the whole snapshot once its last part arrived.
@@ -245,6 +259,7 @@ def encode(frame: Frame) -> bytes:
                     "proof": frame.proof,
                     "key": frame.device_key,
                     "rev": frame.revocations,
+                    "res": _resume_body(frame.resume),
                 }
             )
         )
@@ -266,6 +281,7 @@ def encode(frame: Frame) -> bytes:
                     "cred": frame.credential,
                     "rkey": frame.relay_key,
                     "rev": frame.revocations,
+                    "res": _resume_body(frame.resume),
                 }
             )
         )
@@ -291,6 +307,10 @@ def encode(frame: Frame) -> bytes:
             }
         )
     )
+
+
+def _resume_body(resume: dict[str, tuple[bytes, int]]) -> dict[str, list[Any]] | None:
+    return {name: [check, held] for name, (check, held) in resume.items()} or None
 
 
 def _compact(body: dict[str, Any]) -> dict[str, Any]:
@@ -391,6 +411,20 @@ def _tips(value: object) -> dict[str, dict[str, bytes]]:
     return out
 
 
+def _resume(value: object) -> dict[str, tuple[bytes, int]]:
+    if type(value) is not dict or len(value) > MAX_DOCUMENTS:
+        raise ValueError("res must be a map of document to [checksum, bytes held]")
+    out = {}
+    for name, entry in value.items():
+        if type(name) is not str or type(entry) is not list or len(entry) != 2:
+            raise ValueError("res must be a map of document to [checksum, bytes held]")
+        check, held = entry
+        if type(check) is not bytes or len(check) != CHECKSUM_SIZE or type(held) is not int or held < 0:
+            raise ValueError("res holds an 8-byte checksum and a byte count")
+        out[name] = (check, held)
+    return out
+
+
 def _version(body: Mapping[str, Any]) -> int:
     version = body.get("v")
     if type(version) is not int:
@@ -426,6 +460,7 @@ def _hello(body: dict[str, Any], _: int) -> Hello:
         proof=_bytes(body, "proof"),
         device_key=_bytes(body, "key", 32),
         revocations=_str(body, "rev", optional=True, limit=MAX_REVOCATIONS_CHARS),
+        resume=_resume(body.get("res", {})),
     )
 
 
@@ -459,6 +494,7 @@ def _welcome(body: dict[str, Any], _: int) -> Welcome:
         credential=_str(body, "cred", optional=True, limit=16384),
         relay_key=_bytes(body, "rkey", 32),
         revocations=_str(body, "rev", optional=True, limit=MAX_REVOCATIONS_CHARS),
+        resume=_resume(body.get("res", {})),
     )
 
 

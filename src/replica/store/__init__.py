@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
-TABLES = ("meta", "documents", "origins", "deltas", "index", "watermarks", "rejected", "snapshots")
+TABLES = ("meta", "documents", "origins", "deltas", "index", "watermarks", "rejected", "snapshots", "partials")
 
 
 class Txn(ABC):
