@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"compaction", "doccache"},
     {"engine", "session"},
     {"trust", "discovery", "registry"},
-    {"sync"},
+    {"sync", "compacting"},
     {"net"},
     {"peer", "relay"},
     {"replica"},

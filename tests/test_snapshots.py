@@ -287,6 +287,41 @@ def test_the_running_relay_compacts_again_and_again(tmp_path: Path, monkeypatch:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_live_device_compacts_what_the_relay_acknowledged_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("replica.replica.COMPACT_INTERVAL", 0.05)
+    steps: list[int] = []
+    compact = Engine.compact
+
+    def counted(self: Engine, *args: object, **options: object) -> int:
+        replaced: int = compact(self, *args, **options)  # type: ignore[arg-type]
+        steps.append(replaced)
+        return replaced
+
+    monkeypatch.setattr(Engine, "compact", counted)
+    monkeypatch.setattr("replica.compacting.COMPACT_STEP", 100)
+
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0, compact_every=None) as relay:
+            token = relay.issue_credential("tablet", ["c7/*"], expires_at=time.time() + HOUR)
+            with Replica.open(tmp_path / "tablet", replica_id="tablet") as device:
+                device.compact_every = 100
+                live = asyncio.ensure_future(device.sync(relay.url, credential=token, live=True))
+                for round_ in range(3):  # records saved while the live sync runs, never ending it
+                    fill(device, 150, start=150 * round_)
+                    deadline = time.monotonic() + 20
+                    while device.tail_length(DOC) > 0 or device.status().unsynced:
+                        assert time.monotonic() < deadline, f"{device.tail_length(DOC)} deltas never compacted"
+                        await asyncio.sleep(0.02)
+                assert not live.done() and device.version_vector(DOC) == {"tablet": 450}
+                assert device.status().unsynced == 0 and contents(device)
+                assert max(steps) <= 100  # short steps, the links moving between them
+                await device.stop_sync(relay.url)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_a_state_claiming_seq_0_of_an_origin_claims_nothing_of_it(tmp_path: Path) -> None:
     with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
         whole = compacted(a, 5)

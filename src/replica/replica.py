@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from replica import errors, net, runs
+from replica.compacting import COMPACT_INTERVAL, compact_due_in_steps
 from replica.engine import Engine
 from replica.events import IngestResult
+from replica.names import RELAY
 from replica.peer import PeerServer
 from replica.status import SyncState, SyncStatus
 from replica.trust import GIVEN_CREDENTIAL, give_credential
@@ -145,12 +147,15 @@ class Replica(Engine):
         runner = net.sync_live if live else net.sync_once
 
         async def run() -> SyncStatus:
+            compactor = asyncio.ensure_future(self._compact_while_live()) if live and not peer else None
             try:
                 final = await runner(self, url, credential=credential, timeout=timeout, peer=peer)
             finally:
                 self._live_relays.discard(url)
+                if compactor is not None:
+                    compactor.cancel()
             if final.state is SyncState.SYNCED and final.peer is None and not self.closed:
-                self._compact_after_sync()
+                await self._compact_after_sync()
             return final
 
         task = asyncio.get_running_loop().create_task(run())
@@ -180,19 +185,30 @@ class Replica(Engine):
         finally:
             unsubscribe()
 
-    def _compact_after_sync(self) -> None:
+    async def _compact_after_sync(self) -> None:
         """What the relay now holds durably no longer needs to be kept one by
         one: compact the documents with more than :attr:`compact_every`
-        deltas after their snapshot (a failure only leaves them as they are)."""
+        deltas after their snapshot, in short steps (a failure only leaves
+        them as they are)."""
         if self.compact_every is None:
             return
         try:
-            replaced = self.compact_due(self.compact_every)
+            replaced = await compact_due_in_steps(self, self.compact_every, bound=RELAY)
         except errors.ReplicaError as exc:
             log.warning("compaction after the sync failed, the deltas stay as they are: %s", exc)
             return
         if replaced:
             log.info("compacted %d changes already on the relay", replaced)
+
+    async def _compact_while_live(self) -> None:
+        """A live sync never ends: every :data:`COMPACT_INTERVAL` seconds
+        while it is caught up, what the relay acknowledged is compacted as
+        after a one-shot sync."""
+        while True:
+            await asyncio.sleep(COMPACT_INTERVAL)
+            status = self.status()
+            if not self.closed and status.state is SyncState.SYNCED and status.connected:
+                await self._compact_after_sync()
 
     async def serve_peers(self, host: str = "0.0.0.0", port: int = 8766, **options: Any) -> PeerServer:
         """Accept other devices syncing with this one (see ``replica.peer``);
