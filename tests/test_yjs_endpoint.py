@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from replica import Replica, yprotocol
+from replica.credentials import DeviceKey
 from replica.relay import Relay
 from replica.trust import yjs_origin
 
@@ -201,5 +202,42 @@ def test_a_device_may_not_use_the_yjs_suffix(tmp_path: Path) -> None:
                 device.doc("c7/notes").text("notes").insert(0, "x")
                 status = await device.sync(relay.url, credential=token)
                 assert status.error is not None and status.error.code == "replica_id_clash"
+
+    run(main)
+
+
+def test_a_bound_or_expired_credential_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Relay(tmp_path, port=0) as relay:
+            now = time.time()
+            bound = relay.issue_credential(
+                "dash", ["c7/*"], expires_at=now + HOUR, device_key=DeviceKey.generate().public_raw
+            )
+            expired = relay.issue_credential("dash", ["c7/*"], expires_at=now - 1, now=now - HOUR)
+            for token, reason in ((bound, "credential_invalid"), (expired, "credential_expired")):
+                async with connect(yjs_url(relay, "c7/notes", token)) as ws:
+                    await ws.wait_closed()
+                    assert ws.close_code == 4401
+                    assert ws.close_reason is not None and ws.close_reason.startswith(reason)
+
+    run(main)
+
+
+def test_stopping_the_relay_closes_yjs_clients_with_1001(tmp_path: Path) -> None:
+    async def main() -> None:
+        relay = Relay(tmp_path, port=0)
+        await relay.start()
+        token = relay.issue_credential("dash", ["c7/*"], expires_at=time.time() + HOUR)
+        async with synced_client(relay, "c7/notes", token) as client:
+            client.text("text:notes").insert(0, "kept")
+            assert relay.replica is not None
+            engine = relay.replica
+            await until(lambda: engine.version_vector("c7/notes") == {yjs_origin("dash"): 1})
+            await relay.stop()
+            await client.ws.wait_closed()
+            assert client.ws.close_code == 1001
+        async with Relay(tmp_path, port=0) as again:
+            assert again.replica is not None
+            assert str(again.replica.doc("c7/notes").text("notes")) == "kept"
 
     run(main)

@@ -70,6 +70,7 @@ def yjs_origin(replica_id: str) -> str:
     credential of ``replica_id`` send."""
     return replica_id + YJS_ORIGIN_SUFFIX
 
+
 _ephemeral: weakref.WeakKeyDictionary[Engine, DeviceKey] = weakref.WeakKeyDictionary()
 
 

@@ -61,9 +61,14 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_LARGE = 4413
 CLOSE_UNAVAILABLE = 4503
+CLOSE_TOO_SLOW = 4509
+CLOSE_INTERNAL = 4500
 CLOSE_GOING_AWAY = 1001
 #: Deltas a writer sends before it yields to other connections.
 SEND_BATCH = 1000
+#: Messages (step 2, awareness) queued for one client beyond which it is too far behind: closed
+#: with 4509 (y-websocket reconnects, and resyncs from the log).
+MAX_OUTBOX = 10_000
 _SCOPE_CODES = {"document_out_of_scope"}
 
 
@@ -100,15 +105,14 @@ class YjsEndpoint:
     the websocket handler (the listener dispatches by path); :meth:`stop`
     closes every Yjs connection (call it before stopping the listener)."""
 
-    def __init__(
-        self, replica: Engine, authority: RelayAuthority, *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, replica: Engine, authority: RelayAuthority, *, clock: Callable[[], float] = time.time) -> None:
         self.replica = replica
         self.authority = authority
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         self._pending: list[tuple[_Connection, bytes]] = []
         self._scheduled = False
+        self._stopped = False
         self._unsubscribe: Callable[[], None] | None = replica.on_change(self._changed)
 
     @property
@@ -117,7 +121,9 @@ class YjsEndpoint:
         return sum(len(room.connections) for room in self._rooms.values())
 
     async def stop(self) -> None:
-        """Close every Yjs connection (1001) and stop listening to the log."""
+        """Close every Yjs connection (1001) and stop listening to the log;
+        connections arriving afterwards are closed at once."""
+        self._stopped = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -129,6 +135,9 @@ class YjsEndpoint:
 
     async def serve(self, ws: ServerConnection) -> None:
         """Run one Yjs client's connection until it ends."""
+        if self._stopped:
+            await ws.close(CLOSE_GOING_AWAY, "the server is shutting down")
+            return
         try:
             connection = self._admit(ws)
         except errors.ReplicaError as exc:
@@ -192,9 +201,8 @@ class YjsEndpoint:
             # The state and the version vector of one instant (nothing commits in between).
             state = self.replica.doc(connection.document).state()
             vv = dict(self.replica.version_vector(connection.document))
-            connection.outbox.append(yprotocol.sync_step2(yprotocol.missing_from(state, message.state_vector)))
+            self._queue(connection, yprotocol.sync_step2(yprotocol.missing_from(state, message.state_vector)))
             connection.vv = vv if connection.vv is None else _merged(connection.vv, vv)
-            connection.wake.set()
         elif isinstance(message, (yprotocol.SyncStep2, yprotocol.Update)):
             if message.update != yprotocol.EMPTY_UPDATE:
                 self._pending.append((connection, message.update))
@@ -204,10 +212,17 @@ class YjsEndpoint:
         elif isinstance(message, yprotocol.Awareness):
             self._awareness(connection, room, message.states)
         elif isinstance(message, yprotocol.QueryAwareness):
-            connection.outbox.append(yprotocol.awareness(room.awareness.values()))
-            connection.wake.set()
+            self._queue(connection, yprotocol.awareness(room.awareness.values()))
         else:  # a permission-denied message: servers send those, clients do not
             raise yprotocol.ProtocolError("a client sent a server's message")
+
+    @staticmethod
+    def _queue(connection: _Connection, message: bytes) -> None:
+        if len(connection.outbox) >= MAX_OUTBOX:
+            connection.refuse(CLOSE_TOO_SLOW, "too_slow: this client fell too far behind; reconnect to resync")
+            return
+        connection.outbox.append(message)
+        connection.wake.set()
 
     def _awareness(self, connection: _Connection, room: _Room, states: tuple[yprotocol.AwarenessState, ...]) -> None:
         changed = []
@@ -225,8 +240,7 @@ class YjsEndpoint:
         if changed:
             message = yprotocol.awareness(changed)
             for other in room.connections:
-                other.outbox.append(message)
-                other.wake.set()
+                self._queue(other, message)
 
     def _left(self, connection: _Connection, room: _Room) -> None:
         gone = []
@@ -237,8 +251,7 @@ class YjsEndpoint:
         if gone:
             message = yprotocol.awareness(gone)
             for other in room.connections:
-                other.outbox.append(message)
-                other.wake.set()
+                self._queue(other, message)
 
     async def _write(self, connection: _Connection) -> None:
         ws = connection.ws
@@ -299,9 +312,7 @@ class YjsEndpoint:
         by_connection: dict[_Connection, list[bytes]] = {}
         for connection, data in pending:
             by_connection.setdefault(connection, []).append(data)
-        held = {
-            (c.document, c.origin): self.replica.version_vector(c.document).get(c.origin, 0) for c in by_connection
-        }
+        held = {(c.document, c.origin): self.replica.version_vector(c.document).get(c.origin, 0) for c in by_connection}
         stored: list[tuple[_Connection, list[Delta]]] = []
         try:
             with self.replica.batch():
@@ -321,6 +332,11 @@ class YjsEndpoint:
             log.warning("could not store what %d Yjs client(s) sent: %s", len(by_connection), exc)
             for connection in by_connection:
                 connection.refuse(CLOSE_UNAVAILABLE, f"{exc.code}: not stored, reconnect to send it again")
+            return
+        except Exception:  # a bug, not bad input: close these connections (their clients resend), keep serving
+            log.exception("could not store what %d Yjs client(s) sent", len(by_connection))
+            for connection in by_connection:
+                connection.refuse(CLOSE_INTERNAL, "internal_error: the relay failed unexpectedly; reconnect")
             return
         for connection, deltas in stored:
             connection.own.update(item.seq for item in deltas)
