@@ -178,6 +178,7 @@ def _relay(args: argparse.Namespace) -> int:
         try:
             print(f"Relay {relay.replica_id} listening on {relay.url}", flush=True)
             print(f"Public key: {relay.public_key.to_text()}", flush=True)
+            print(f"Yjs clients (y-websocket): {relay.url}/yjs/<document>?token=<credential>", flush=True)
             await stop.wait()
         finally:
             await relay.stop()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pycrdt import Doc, Map, TransactionEvent, merge_updates
+from pycrdt import Doc, Map, TransactionEvent, get_state, get_update, merge_updates
 from pycrdt import Text as YText
 
 from replica import values
@@ -77,6 +77,27 @@ def merged_run(payloads: Sequence[bytes]) -> bytes:
         raise
     except BaseException as exc:  # pyo3 PanicException is a BaseException
         raise ValueError(f"the updates do not merge ({type(exc).__name__}: {exc})") from exc
+
+
+def update_state_vector(update: bytes) -> bytes:
+    """The Yjs state vector of what ``update`` holds (no document needed).
+    Raises :class:`ValueError` if pycrdt refuses the bytes."""
+    return _refusing(get_state, update)
+
+
+def update_missing_from(update: bytes, vector: bytes) -> bytes:
+    """What a replica holding Yjs state vector ``vector`` lacks of ``update``.
+    Raises :class:`ValueError` if pycrdt refuses either."""
+    return _refusing(get_update, update, vector)
+
+
+def _refusing(call: Callable[..., bytes], *args: bytes) -> bytes:
+    try:
+        return call(*args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 PanicException is a BaseException
+        raise ValueError(f"pycrdt refused the bytes ({type(exc).__name__}: {exc})") from exc
 
 
 class Document:

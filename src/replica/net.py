@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -176,7 +176,13 @@ class Listener:
         self._links: set[Link] = set()
         self._server: Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._routes: list[tuple[str, Callable[[ServerConnection], Awaitable[None]]]] = []
         self.host = ""
+
+    def route(self, prefix: str, handler: Callable[[ServerConnection], Awaitable[None]]) -> None:
+        """Hand the connections whose request path starts with ``prefix`` to
+        ``handler`` instead of a sync session (the relay's Yjs endpoint)."""
+        self._routes.append((prefix, handler))
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (``port=0`` picks a free one)."""
@@ -219,6 +225,11 @@ class Listener:
             self._server = None
 
     async def _serve(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request is not None else "/"
+        for prefix, handler in self._routes:
+            if path.startswith(prefix):
+                await handler(ws)
+                return
         session = self._make_session()
         link = Link(ws, session, self._hub, timeout=None, handshake_timeout=HANDSHAKE_TIMEOUT)
         self._links.add(link)

@@ -12,6 +12,9 @@ replica id, so that credentials can be issued while the relay runs), and what
 the operator issued and revoked (``issued.jsonl``, ``revoked.json``: see
 ``replica.registry``), read while the relay runs.
 
+Stock Yjs clients (``y-websocket``) connect to ``ws://host:port/yjs/<document>``
+(``replica.yjs_endpoint``, docs/yjs.md); devices connect to any other path.
+
 Compaction: the relay replaces the old deltas of a document with a snapshot
 once enough follow the last one (``compact_every``), keeping the newest
 (``keep``) one by one, so that a device a little behind still gets deltas
@@ -35,6 +38,8 @@ from replica.names import new_replica_id
 from replica.net import Listener
 from replica.session import Limits, Session
 from replica.trust import RelayAuthority
+from replica.yjs_endpoint import PREFIX as YJS_PREFIX
+from replica.yjs_endpoint import YjsEndpoint
 
 log = logging.getLogger("replica.relay")
 
@@ -97,6 +102,8 @@ class Relay:
         self.authority = RelayAuthority(self.replica_id, self._key, revoked=registry.Revocations(self.data))
         self.replica: Engine | None = None
         self._listener: Listener | None = None
+        #: The y-protocols endpoint (``ws://host:port/yjs/<document>``) for stock Yjs clients.
+        self.yjs: YjsEndpoint | None = None
 
     @property
     def url(self) -> str:
@@ -141,11 +148,14 @@ class Relay:
         self._changed.clear()
         replica.on_change(self._changed.add)
         self._listener = Listener(replica, session, self._on_event)
+        self.yjs = YjsEndpoint(replica, self.authority)
+        self._listener.route(YJS_PREFIX, self.yjs.serve)
         try:
             await self._listener.start(self.host, self.port)
         except BaseException:
+            await self.yjs.stop()
             replica.close()
-            self.replica = self._listener = None
+            self.replica = self._listener = self.yjs = None
             raise
         log.info("relay %s listening on %s", self.replica_id, self.url)
         if self.compact_every is not None:
@@ -189,6 +199,9 @@ class Relay:
         if self._compactor is not None:
             self._compactor.cancel()
             self._compactor = None
+        if self.yjs is not None:  # before the listener, which waits for every connection to end
+            await self.yjs.stop()
+            self.yjs = None
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None

@@ -47,7 +47,7 @@ from replica.credentials import (
 )
 from replica.engine import Engine
 from replica.errors import ReplicaError
-from replica.names import RELAY
+from replica.names import MAX_REPLICA_ID, RELAY
 from replica.session import Grant
 
 KEY_FILE = "device.key"
@@ -58,6 +58,18 @@ GIVEN_CREDENTIAL = "credential"
 BOUND_CREDENTIAL = "bound_credential"
 #: The newest revocation list signed by the relay that this device has seen.
 REVOCATIONS = "revocations"
+#: What the relay appends to a credential's replica id to name the origin of
+#: what stock Yjs clients send with it (``replica.yjs_endpoint``). Reserved:
+#: the relay admits no device whose replica id ends with it, so a Yjs origin
+#: never clashes with a device's own deltas.
+YJS_ORIGIN_SUFFIX = ".yjs"
+
+
+def yjs_origin(replica_id: str) -> str:
+    """The origin under which the relay logs what Yjs clients holding a
+    credential of ``replica_id`` send."""
+    return replica_id + YJS_ORIGIN_SUFFIX
+
 
 _ephemeral: weakref.WeakKeyDictionary[Engine, DeviceKey] = weakref.WeakKeyDictionary()
 
@@ -314,6 +326,48 @@ class RelayAuthority:
             self._signed = (current, self.key.sign_revocations(issuer=self.replica_id, revoked=current, now=now))
         return self._signed[1]
 
+    def _refuse_revoked(self, credential: Credential) -> None:
+        revoked_at = self.revoked.get(credential.replica_id)
+        if revoked_at is not None and credential.issued_at <= revoked_at:
+            raise CredentialError(
+                f"the relay operator revoked the credential of {credential.replica_id}; ask the operator for a new one",
+                code=CREDENTIAL_REVOKED,
+            )
+
+    def authorize_bearer(self, token: str | None, document: str, now: float) -> Credential:
+        """Admit a stock Yjs client presenting ``token`` for ``document`` at
+        ``now`` (``replica.yjs_endpoint``), or raise :class:`CredentialError`.
+
+        The same rules as a device's hello: signed by this relay, unexpired,
+        not revoked, ``document`` in scope. A Yjs client cannot prove it holds
+        a device key, so a credential bound to one (what the relay hands a
+        device) is refused here: a copied bound credential stays useless
+        without its private key. Issue the dashboard a credential of its own.
+        """
+        if not token:
+            raise CredentialError(
+                "no credential was presented (?token=...); ask the relay operator for one", code="credential_missing"
+            )
+        credential = self.public_key.verify(token)
+        credential.check(replica_id=credential.replica_id, now=now)
+        if credential.device_key is not None:
+            raise CredentialError(
+                "this credential is bound to a device's key and only that device may use it; "
+                "ask the relay operator for a credential for this Yjs client",
+                code="credential_invalid",
+            )
+        if credential.replica_id == self.replica_id:
+            raise CredentialError("a credential for the relay's own replica id", code="credential_invalid")
+        if len(yjs_origin(credential.replica_id)) > MAX_REPLICA_ID:
+            raise CredentialError(
+                f"the replica id {credential.replica_id!r} is too long for a Yjs client (at most "
+                f"{MAX_REPLICA_ID - len(YJS_ORIGIN_SUFFIX)} characters); issue a credential with a shorter one",
+                code="credential_invalid",
+            )
+        self._refuse_revoked(credential)
+        credential.check_document(document)
+        return credential
+
     def authorize(self, hello: wire.Hello, now: float) -> Grant:
         """Admit the device saying ``hello`` at time ``now``, or raise."""
         if hello.role != "device":
@@ -326,12 +380,13 @@ class RelayAuthority:
         credential.check(replica_id=hello.replica_id, now=now)
         if hello.replica_id == self.replica_id:
             raise ReplicaError("a device is using the relay's own replica id", code="replica_id_clash")
-        revoked_at = self.revoked.get(hello.replica_id)
-        if revoked_at is not None and credential.issued_at <= revoked_at:
-            raise CredentialError(
-                f"the relay operator revoked the credential of {hello.replica_id}; ask the operator for a new one",
-                code=CREDENTIAL_REVOKED,
+        if hello.replica_id.endswith(YJS_ORIGIN_SUFFIX):
+            raise ReplicaError(
+                f"replica ids ending in {YJS_ORIGIN_SUFFIX!r} are reserved for the relay's Yjs clients; "
+                "give this device another replica id",
+                code="replica_id_clash",
             )
+        self._refuse_revoked(credential)
         bound = None
         if hello.device_key is not None:
             if credential.device_key not in (None, hello.device_key):
