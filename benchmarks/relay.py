@@ -497,10 +497,11 @@ async def _protocol_receivers(url: str, writer: str, credentials: list[tuple[str
             now = time.time()
             frame = wire.decode(message if isinstance(message, bytes) else message.encode())
             if isinstance(frame, wire.Deltas):
-                for item in frame.deltas:
-                    if item.origin == writer and item.seq == held + 1:
+                for item in frame.deltas:  # a span (a relay sends runs so) brings several at once
+                    if item.origin == writer and item.start <= held + 1 <= item.seq:
+                        for seq in range(held + 1, item.seq + 1):
+                            arrivals[index][seq - 2] = now
                         held = item.seq
-                        arrivals[index][item.seq - 2] = now
                     else:
                         problems.append(f"device {index}: unexpected delta {item!r} after seq {held}")
                 await ws.send(wire.encode(wire.Ack(LIVE_DOCUMENT, {writer: held})))
