@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "replica"
 #: Lowest first. A module imports only from layers below its own.
 LAYERS: list[set[str]] = [
     {"errors", "names", "values", "ui_text", "ui_feed"},
-    {"delta", "store"},
+    {"delta", "store", "tls"},
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
     {"wire", "events", "spans", "ui_screen"},
     {"log", "runs"},

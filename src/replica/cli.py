@@ -166,7 +166,13 @@ def _relay(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = cli_input.stop_on_signals()
         try:
-            relay = Relay(args.data, host=args.host, port=args.port, doc_cache_mb=args.doc_cache_mb)
+            relay = Relay(
+                args.data,
+                host=args.host,
+                port=args.port,
+                doc_cache_mb=args.doc_cache_mb,
+                tls=cli_input.server_tls(args),
+            )
         except OSError as exc:
             raise cli_input.error(
                 "data_dir_error", f"cannot use the relay's data directory {args.data}: {exc.strerror}"
@@ -270,7 +276,7 @@ def _peer_serve(args: argparse.Namespace) -> int:
         stop = cli_input.stop_on_signals()
         with Replica.open(path, replica_id=args.replica_id) as replica:
             try:
-                server = await replica.serve_peers(args.host, args.port)
+                server = await replica.serve_peers(args.host, args.port, tls=cli_input.server_tls(args))
             except OSError as exc:
                 raise cli_input.listen_error(exc, args.host, args.port) from None
             print(f"Device {replica.id} serving peers on {server.url}", flush=True)
@@ -460,6 +466,15 @@ def _device_options(
     command.add_argument("--replica-id", type=cli_input.replica_id, help=id_help)
 
 
+CA_HELP = "with a wss:// URL: trust only the CA certificate(s) in this PEM file (default: the system's store)"
+
+
+def _tls_options(command: argparse.ArgumentParser) -> None:
+    cert = "serve wss:// (TLS) with this PEM certificate chain (with --tls-key)"
+    command.add_argument("--tls-cert", metavar="FILE", help=cert)
+    command.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+
+
 EXAMPLES = {
     "init": "replica init --data ./tablet-7 --replica-id tablet-7",
     "status": "replica status --data ./tablet-7",
@@ -516,6 +531,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     relay.add_argument("--port", type=cli_input.port, default=8765, help="port to listen on (0 picks a free one)")
     cache_help = "memory budget (MB) of the documents kept loaded; the least recently used are unloaded"
     relay.add_argument("--doc-cache-mb", type=cli_input.megabytes, default=256.0, help=cache_help)
+    _tls_options(relay)
     relay_commands = relay.add_subparsers(dest="relay_command", metavar="COMMAND")
     issue = _command(
         relay_commands, "relay issue-credential", "print a credential signed by this relay", _issue_credential
@@ -558,6 +574,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     json_help = "print the final status as a JSON object (with --live: one per status change, one per line)"
     sync.add_argument("--json", action="store_true", help=json_help)
+    sync.add_argument("--ca", metavar="FILE", help=CA_HELP)
 
     summary = "replace changes already on the relay with snapshots (a smaller, faster data directory)"
     _device_options(_command(commands, "compact", summary, _compact), env)
@@ -580,6 +597,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument(
         "--timeout", type=cli_input.seconds, default=30.0, help="with --relay: seconds without an answer before failing"
     )
+    serve.add_argument("--ca", metavar="FILE", help=CA_HELP)
+    _tls_options(serve)
     serve.set_defaults(peer=False)
     discover = _command(
         peer_commands, "peer discover", "list peers advertised on the local network (mDNS)", _peer_discover

@@ -16,10 +16,12 @@ import json
 import shlex
 import signal
 import socket
+import ssl
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from replica import tls
 from replica.credentials import MAX_PATTERN_CHARS, PATTERN_RULE, PublicKey
 from replica.errors import ReplicaError
 from replica.names import check_replica_id
@@ -174,3 +176,24 @@ def stop_on_signals() -> asyncio.Event:
     for number in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(number, stop.set)
     return stop
+
+
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """How a device verifies a ``wss://`` server: ``--ca FILE`` if given, else the system's trust store."""
+    ca = getattr(args, "ca", None)
+    if ca is None:
+        return None
+    url = getattr(args, "relay", None) or ""
+    if not url.startswith("wss://"):
+        raise error("bad_usage", f"--ca is for wss:// URLs (TLS); {url or 'the URL'} is not one")
+    return tls.client_context(ca)
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """A server's TLS context from ``--tls-cert`` and ``--tls-key`` (both or neither)."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise error("bad_usage", "give both --tls-cert FILE (the PEM certificate chain) and --tls-key FILE (its key)")
+    return tls.server_context(cert, key)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -80,8 +81,11 @@ class Relay:
         compact_every: int | None = COMPACT_EVERY,
         keep: int = KEEP_DELTAS,
         doc_cache_mb: float | None = DOC_CACHE_MB,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.data = Path(data)
+        #: Serve ``wss://`` with this context (``replica.tls.server_context``); None: plain ``ws://``.
+        self.tls = tls
         #: A document is compacted once this many deltas follow its snapshot (None: never).
         self.compact_every = compact_every
         self.keep = keep  #: the newest deltas a compaction keeps one by one (what a device a bit behind gets)
@@ -100,7 +104,7 @@ class Relay:
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` of the running relay."""
+        """``ws://host:port`` (``wss://`` with TLS) of the running relay."""
         if self._listener is None:
             raise RuntimeError("the relay is not running")
         return self._listener.url
@@ -142,7 +146,7 @@ class Relay:
         replica.on_change(self._changed.add)
         self._listener = Listener(replica, session, self._on_event)
         try:
-            await self._listener.start(self.host, self.port)
+            await self._listener.start(self.host, self.port, tls=self.tls)
         except BaseException:
             replica.close()
             self.replica = self._listener = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,7 +85,14 @@ class Replica(Engine):
     # -- syncing with a relay or a peer --------------------------------------
 
     async def sync(
-        self, url: str, *, credential: str | None = None, live: bool = False, timeout: float = 30.0, peer: bool = False
+        self,
+        url: str,
+        *,
+        credential: str | None = None,
+        live: bool = False,
+        timeout: float = 30.0,
+        peer: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> SyncStatus:
         """Sync with the relay at ``url`` and return the final status.
 
@@ -101,10 +109,12 @@ class Replica(Engine):
         (:meth:`serve_peers`); pass ``peer=True`` so that the relay-facing
         :meth:`status` is left alone (the peer's shows in :meth:`peers`). The
         returned status carries this run's own state and error either way.
+        ``tls``: how a ``wss://`` server is verified (default: the system's
+        trust store; ``replica.tls.client_context(ca)`` for a CA of your own).
         """
         task = self._sync_tasks.get(url)
         if task is None or task.done():
-            task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer)
+            task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer, tls=tls)
         try:
             return await asyncio.shield(task)  # a one-shot run finishes for every caller that joined it
         except asyncio.CancelledError:
@@ -128,7 +138,14 @@ class Replica(Engine):
         return asyncio.run(self.sync(url, **options))
 
     def _start_sync(
-        self, url: str, *, credential: str | None, live: bool, timeout: float, peer: bool = False
+        self,
+        url: str,
+        *,
+        credential: str | None,
+        live: bool,
+        timeout: float,
+        peer: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> asyncio.Task[SyncStatus]:
         self._check_open()
         if not peer:
@@ -140,7 +157,7 @@ class Replica(Engine):
         runner = net.sync_live if live else net.sync_once
 
         async def run() -> SyncStatus:
-            final = await runner(self, url, credential=credential, timeout=timeout, peer=peer)
+            final = await runner(self, url, credential=credential, timeout=timeout, peer=peer, tls=tls)
             if final.state is SyncState.SYNCED and final.peer is None and not self.closed:
                 self._compact_after_sync()
             return final
@@ -163,11 +180,14 @@ class Replica(Engine):
         if replaced:
             log.info("compacted %d changes already on the relay", replaced)
 
-    async def serve_peers(self, host: str = "0.0.0.0", port: int = 8766, **options: Any) -> PeerServer:
+    async def serve_peers(
+        self, host: str = "0.0.0.0", port: int = 8766, *, tls: ssl.SSLContext | None = None, **options: Any
+    ) -> PeerServer:
         """Accept other devices syncing with this one (see ``replica.peer``);
-        returns the running server (``await server.stop()``, or ``async with``)."""
+        returns the running server (``await server.stop()``, or ``async with``).
+        ``tls``: serve ``wss://`` with this context (``replica.tls.server_context``)."""
         server = PeerServer(self, **options)
-        await server.start(host, port)
+        await server.start(host, port, tls=tls)
         return server
 
     async def statuses(self) -> AsyncIterator[SyncStatus]:
