@@ -25,9 +25,10 @@ LAYERS: list[set[str]] = [
     {"log", "runs"},
     {"compaction", "doccache"},
     {"engine", "session"},
-    {"trust", "discovery", "registry"},
-    {"sync"},
+    {"trust", "discovery", "registry", "limits"},
+    {"sync", "devices", "oplog", "relay_http"},
     {"net"},
+    {"relay_ops"},
     {"peer", "relay"},
     {"replica"},
     {

@@ -163,6 +163,10 @@ def _relay(args: argparse.Namespace) -> int:
     if args.data is None:
         raise cli_input.error("bad_usage", "replica relay: --data DIR is required (the relay's data directory)")
 
+    from replica import oplog
+
+    oplog.configure(args.log_level, args.log_format)
+
     async def serve() -> None:
         stop = cli_input.stop_on_signals()
         try:
@@ -172,6 +176,7 @@ def _relay(args: argparse.Namespace) -> int:
                 port=args.port,
                 doc_cache_mb=args.doc_cache_mb,
                 tls=cli_input.server_tls(args),
+                abuse=cli_input.abuse_limits(args),
             )
         except OSError as exc:
             raise cli_input.error(
@@ -190,6 +195,25 @@ def _relay(args: argparse.Namespace) -> int:
         print("Relay stopped; everything acknowledged is on disk.", flush=True)
 
     asyncio.run(serve())
+    return 0
+
+
+def _relay_devices(args: argparse.Namespace) -> int:
+    from replica import devices
+
+    folder = cli_input.relay_dir(args)
+    now = time.time()
+    rows = devices.view(folder, now=now, stale=args.stale)
+    if args.json:
+        cli_input.print_json({"now": now, "stale_after": args.stale, "devices": rows})
+        return 0
+    if not rows:
+        print("No device has synced with this relay yet, and no credential was issued.")
+        return 0
+    stale = [row for row in rows if row["stale"]]
+    print(f"{len(rows)} device(s); {len(stale)} not heard from in {cli_input.describe_seconds(args.stale)}:")
+    for row in rows:
+        print(cli_input.device_line(row, now))
     return 0
 
 
@@ -488,6 +512,7 @@ EXAMPLES = {
     "relay public-key": "replica relay public-key --data ./relay-data > relay.pub",
     "relay revoke": "replica relay revoke --data ./relay-data --replica-id tablet-7",
     "relay issued": "replica relay issued --data ./relay-data",
+    "relay devices": "replica relay devices --data ./relay-data --stale 24h",
     "relay compact": "replica relay compact --data ./relay-data --keep 1000",
     "compact": "replica compact --data ./tablet-7",
     "peer": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
@@ -532,6 +557,14 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     cache_help = "memory budget (MB) of the documents kept loaded; the least recently used are unloaded"
     relay.add_argument("--doc-cache-mb", type=cli_input.megabytes, default=256.0, help=cache_help)
     _tls_options(relay)
+    relay.add_argument("--log-format", choices=("human", "json"), default="human", help="log lines on stderr")
+    levels = ("debug", "info", "warning", "error")
+    relay.add_argument("--log-level", choices=levels, default="info", help="info: one line per sync")
+    limit = "per connection, twice that per device over all its connections (0: no limit)"
+    relay.add_argument("--max-frames-per-second", type=cli_input.limit, default=500.0, help=f"frames {limit}")
+    relay.add_argument("--max-mb-per-second", type=cli_input.limit, default=32.0, help=f"MB {limit}")
+    cap = "connections one device may have open at once (0: no limit)"
+    relay.add_argument("--max-connections-per-device", type=cli_input.limit, default=8, help=cap)
     relay_commands = relay.add_subparsers(dest="relay_command", metavar="COMMAND")
     issue = _command(
         relay_commands, "relay issue-credential", "print a credential signed by this relay", _issue_credential
@@ -556,6 +589,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     compact = _command(relay_commands, "relay compact", "replace old deltas with snapshots now", _relay_compact)
     compact.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     compact.add_argument("--keep", type=int, default=1000, help="newest deltas of each document kept one by one")
+    summary = "list the devices this relay has seen: last contact and outcome, what they hold, credentials"
+    listing = _command(relay_commands, "relay devices", summary, _relay_devices)
+    listing.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    listing.add_argument("--json", action="store_true", help="one JSON object")
+    stale_help = "mark devices not heard from for this long (30m, 24h, 7d)"
+    listing.add_argument("--stale", type=cli_input.duration, default="24h", help=stale_help)
     issued = _command(relay_commands, "relay issued", "list the credentials this relay issued", _issued)
     issued.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     issued.add_argument("--json", action="store_true", help="one JSON object")

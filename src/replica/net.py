@@ -16,6 +16,8 @@ this module only moves bytes and time:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
 import random
 import ssl
@@ -246,9 +248,18 @@ class Listener:
             ping_timeout=20,
             open_timeout=HANDSHAKE_TIMEOUT,
             ssl=self.tls,
-            process_request=self._process_request,
+            process_request=self._answer_http,
             create_connection=Tracked,
         )
+
+    async def _answer_http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Every request, before its websocket handshake: note where it came
+        from (:func:`remote_address`), then ask ``process_request``."""
+        _remote.set(_address(connection.remote_address))
+        if self._process_request is None:
+            return None
+        answer = self._process_request(connection, request)
+        return await answer if inspect.isawaitable(answer) else answer
 
     @property
     def url(self) -> str:
@@ -310,6 +321,22 @@ class Listener:
                 if link.session.mode == "live":  # where it is not open yet too: the session offers it
                     link.session.local_changed(document, now)
                     link.wake()
+
+
+_remote: contextvars.ContextVar[str] = contextvars.ContextVar("replica_remote_address", default="")
+
+
+def remote_address() -> str:
+    """``host:port`` of the client whose connection the current task serves
+    (inside ``make_session`` and event handlers of a :class:`Listener`); ``""`` elsewhere."""
+    return _remote.get()
+
+
+def _address(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer or "")
 
 
 def _closed_reason(exc: ConnectionClosed) -> str:

@@ -31,10 +31,11 @@ from types import TracebackType
 from replica import errors, registry
 from replica.credentials import PublicKey, SigningKey
 from replica.engine import Engine
-from replica.events import Event
+from replica.limits import AbuseLimits
 from replica.names import new_replica_id
 from replica.net import Listener
-from replica.session import Limits, Session
+from replica.relay_ops import RelayOps
+from replica.session import Limits
 from replica.trust import RelayAuthority
 
 log = logging.getLogger("replica.relay")
@@ -82,8 +83,15 @@ class Relay:
         keep: int = KEEP_DELTAS,
         doc_cache_mb: float | None = DOC_CACHE_MB,
         tls: ssl.SSLContext | None = None,
+        abuse: AbuseLimits | None = None,
+        map_size: int | None = None,
     ) -> None:
         self.data = Path(data)
+        self.map_size = map_size  #: bytes of LMDB address space (None: the store's default)
+        #: Rate and connection limits per connection and per device (``replica.limits``).
+        self.abuse = abuse
+        #: Metrics, health, the operator's log and the devices view, while running.
+        self.ops: RelayOps | None = None
         #: Serve ``wss://`` with this context (``replica.tls.server_context``); None: plain ``ws://``.
         self.tls = tls
         #: A document is compacted once this many deltas follow its snapshot (None: never).
@@ -134,23 +142,25 @@ class Relay:
     async def start(self) -> None:
         """Open the data directory and start listening."""
         budget = None if self.doc_cache_mb is None else int(self.doc_cache_mb * 1e6)
-        replica = self.replica = Engine.open(self.data, replica_id=self.replica_id, doc_cache_bytes=budget)
-
-        def session() -> Session:
-            return Session(
-                replica, role="relay", initiator=False, authorize=self.authority.authorize, limits=self.limits
-            )
+        replica = self.replica = Engine.open(
+            self.data, replica_id=self.replica_id, doc_cache_bytes=budget, map_size=self.map_size
+        )
 
         self.compact_due()  # what grew while it was down, or before compaction existed
         self._changed.clear()
         replica.on_change(self._changed.add)
-        self._listener = Listener(replica, session, self._on_event)
+        ops = self.ops = RelayOps(replica, self.authority, folder=str(self.data), limits=self.limits, abuse=self.abuse)
+        listener = self._listener = Listener(
+            replica, ops.make_session, ops.on_event, process_request=ops.http, on_commit=ops.committed
+        )
+        ops.connections = lambda: listener.connections
         try:
-            await self._listener.start(self.host, self.port, tls=self.tls)
+            await listener.start(self.host, self.port, tls=self.tls)
         except BaseException:
             replica.close()
-            self.replica = self._listener = None
+            self.replica = self._listener = self.ops = None
             raise
+        ops.start()
         log.info("relay %s listening on %s", self.replica_id, self.url)
         if self.compact_every is not None:
             self._compactor = asyncio.get_running_loop().create_task(self._compact_now_and_then())
@@ -196,6 +206,8 @@ class Relay:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self.ops is not None:
+            self.ops.stop()
         if self.replica is not None:
             self.replica.close()
             self.replica = None
@@ -208,8 +220,3 @@ class Relay:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-    # -- links ---------------------------------------------------------------
-
-    def _on_event(self, session: Session, event: Event) -> None:
-        """Nothing to do on the relay side: sessions ack and close themselves."""
