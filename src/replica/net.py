@@ -30,6 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from replica import runs, tls, wire
@@ -292,8 +293,11 @@ class Listener:
         if server is None:
             return
         self._hub.flush()  # what arrived before the stop is stored (and acked) first
-        # Refuses handshakes in progress with 503, sends 1001 to every open link at once.
+        # Sends 1001 to every open link at once (and 503 to a handshake whose request arrives).
         server.close(close_connections=True, code=1001, reason=GOING_AWAY)
+        for connection in list(self._connections):
+            if connection.protocol.state is State.CONNECTING:  # no session yet: nothing to say goodbye to
+                connection.transport.abort()
         try:
             await asyncio.wait_for(server.wait_closed(), grace)
         except TimeoutError:

@@ -135,10 +135,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(level: str = "info", fmt: str = "human", *, quiet: Sequence[str] = ("replica.net",)) -> None:
-    """Logging of the ``replica relay`` command, on standard error. The
-    ``quiet`` loggers tell per link what the operator's log already says per
-    sync: they are shown only at ``debug``."""
+def configure(
+    level: str = "info", fmt: str = "human", *, operator: Sequence[str] = ("replica.oplog", "replica.relay")
+) -> None:
+    """Logging of the ``replica relay`` command, on standard error. At
+    ``info`` only the ``operator`` loggers (one line per sync, the relay's
+    start, stop and compactions) say more than warnings; ``debug`` opens
+    every logger, the per-link lines of the network layer included."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -147,7 +150,8 @@ def configure(level: str = "info", fmt: str = "human", *, quiet: Sequence[str] =
     root = logging.getLogger()
     root.handlers[:] = [handler]
     number = getattr(logging, level.upper())
-    root.setLevel(number)
-    for name in quiet:
-        logging.getLogger(name).setLevel(logging.DEBUG if number <= logging.DEBUG else logging.ERROR)
-    logging.getLogger("websockets").setLevel(max(number, logging.WARNING))
+    root.setLevel(number if number <= logging.DEBUG else max(number, logging.WARNING))
+    for name in operator:
+        logging.getLogger(name).setLevel(number)
+    if number > logging.DEBUG:  # what the operator's lines say per sync, the network layer says per link
+        logging.getLogger("replica.net").setLevel(logging.ERROR)
