@@ -65,6 +65,8 @@ class AbuseLimits:
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up."""
 
+    __slots__ = ("_at", "_tokens", "burst", "rate")
+
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -87,6 +89,8 @@ def _bucket(rate: float | None, burst: int, now: float) -> TokenBucket | None:
 
 class _Device:
     """What one device (one credential's replica id) holds against its limits."""
+
+    __slots__ = ("bytes", "frames", "open")
 
     def __init__(self, limits: AbuseLimits, now: float) -> None:
         self.frames = _bucket(limits.credential_frames_per_second, limits.credential_frame_burst, now)

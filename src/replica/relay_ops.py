@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from replica import oplog
-from replica.credentials import Credential, CredentialError
+from replica.credentials import CredentialError
 from replica.devices import FLUSH_INTERVAL, DeviceBook
 from replica.engine import Engine
 from replica.errors import ReplicaError
@@ -38,12 +38,13 @@ log = logging.getLogger("replica.relay_ops")
 DAY = 24 * 3600.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Watch:
     """What the relay follows of one session."""
 
     address: str
-    credential: Credential | None = None  #: the credential presented, if this relay signed it
+    #: The credential presented, if this relay signed it: (replica id, expires at, issued at).
+    credential: tuple[str, float, float] | None = None
     claimed: str | None = None  #: the replica id its hello named (checked or not)
     held: dict[str, VersionVector] = field(default_factory=dict)
 
@@ -103,12 +104,14 @@ class RelayOps:
         self._open += 1
         return session
 
-    def _presented(self, hello: Hello) -> Credential | None:
+    def _presented(self, hello: Hello) -> tuple[str, float, float] | None:
         try:
             credential = self.authority.public_key.verify(hello.credential)
         except CredentialError:
             return None
-        return credential if credential.replica_id == hello.replica_id else None
+        if credential.replica_id != hello.replica_id:
+            return None
+        return credential.replica_id, credential.expires_at, credential.issued_at
 
     def on_event(self, session: Session, event: Event) -> None:
         """The listener's event handler."""
@@ -144,18 +147,18 @@ class RelayOps:
             self.metrics.refusals.labels(summary.code).inc()
         if summary.code == "storage_error":
             self._failed_now = True
-        credential = watch.credential
-        if credential is not None:  # a device this relay knows (its credential verified), even if refused
+        if watch.credential is not None:  # a device this relay knows (its credential verified), even if refused
+            replica_id, expires_at, issued_at = watch.credential
             self.devices.record(
-                credential.replica_id,
+                replica_id,
                 now=time.time(),
                 outcome=summary.outcome,
                 code=summary.code,
                 message=summary.message,
                 address=watch.address,
                 held=watch.held if session.authenticated else {},
-                expires_at=credential.expires_at,
-                issued_at=credential.issued_at,
+                expires_at=expires_at,
+                issued_at=issued_at,
             )
 
     def committed(self, links: int, seconds: float) -> None:
