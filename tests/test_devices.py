@@ -109,3 +109,20 @@ def test_the_devices_command_checks_its_input(tmp_path: Path) -> None:
     with RelayProcess(tmp_path / "relay") as relay:
         done = _run("relay", "devices", "--data", str(relay.data), "--stale", "soon")
     assert done.returncode == 2 and "Error [bad_duration]" in done.stderr
+
+
+def test_a_relay_with_a_damaged_devices_file_still_serves(tmp_path: Path) -> None:
+    """The view is rebuilt; the damaged file is kept aside for the operator."""
+    with RelayProcess(tmp_path / "relay") as relay:
+        pass
+    (relay.data / devices.DEVICES_FILE).write_text("{not json")
+    with RelayProcess(tmp_path / "relay") as relay:
+        credential = tmp_path / "tablet-1.cred"
+        credential.write_text(relay.issue("tablet-1", ["c7/*"]) + "\n")
+        data = _device(tmp_path / "tablet-1", "tablet-1", 1)
+        done = _run("sync", "--data", str(data), "--relay", relay.url, "--credential", str(credential))
+        assert done.returncode == 0, done.stderr
+        _wait_listing(relay, lambda rows: rows.get("tablet-1", {}).get("last_outcome") == "synced")
+        assert (relay.data / "devices.damaged").read_text() == "{not json"
+        relay.terminate()
+        assert "moved to" in relay.stderr_text()

@@ -20,6 +20,7 @@ deltas (those are in the log).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ from typing import Any
 from replica.errors import DataDirError
 from replica.registry import Revocations, issued
 from replica.vv import VersionVector, merge
+
+log = logging.getLogger("replica.devices")
 
 DEVICES_FILE = "devices.json"
 FLUSH_INTERVAL = 2.0
@@ -64,7 +67,14 @@ class DeviceBook:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.path = Path(folder) / DEVICES_FILE
-        self._records: dict[str, DeviceRecord] = {record.replica_id: record for record in read(folder)}
+        try:
+            records = read(folder)
+        except DataDirError as exc:  # the view is not worth refusing to serve devices for
+            aside = self.path.with_suffix(".damaged")
+            log.warning("%s; moved to %s, starting a new devices file", exc.message, aside)
+            os.replace(self.path, aside)
+            records = []
+        self._records: dict[str, DeviceRecord] = {record.replica_id: record for record in records}
         self._dirty = False
 
     def record(
