@@ -33,7 +33,7 @@ class PeerProcess(ServerProcess):
     """One device data directory, served to peers by at most one process at a time."""
 
     NAME = "peer server"
-    READY = re.compile(r"Device (?P<id>\S+) serving peers on (?P<url>ws://127\.0\.0\.1:\d+)")
+    READY = re.compile(r"Device (?P<id>\S+) serving peers on (?P<url>wss?://127\.0\.0\.1:\d+)")
     STOPPED = "Peer server stopped"
     Error = PeerProcessError
 

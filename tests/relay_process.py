@@ -31,12 +31,12 @@ class RelayProcess(ServerProcess):
     """One relay data directory, served by at most one process at a time."""
 
     NAME = "relay"
-    READY = re.compile(r"Relay (?P<id>\S+) listening on (?P<url>ws://127\.0\.0\.1:\d+)")
+    READY = re.compile(r"Relay (?P<id>\S+) listening on (?P<url>wss?://127\.0\.0\.1:\d+)")
     STOPPED = "Relay stopped"
     Error = RelayProcessError
 
     def command(self, port: int) -> list[str]:
-        return [*CLI, "relay", "--data", str(self.data), "--host", HOST, "--port", str(port)]
+        return [*CLI, "relay", "--data", str(self.data), "--host", HOST, "--port", str(port), *self.extra]
 
     def restart(self, port: int = 0) -> RelayProcess:
         """Kill the running process (if any) and start a new one on the same data directory."""

@@ -19,16 +19,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "replica"
 #: Lowest first. A module imports only from layers below its own.
 LAYERS: list[set[str]] = [
     {"errors", "names", "values", "ui_text", "ui_feed"},
-    {"delta", "store"},
+    {"delta", "store", "tls"},
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
     {"wire", "events", "spans", "ui_screen", "yprotocol"},
     {"log", "runs"},
     {"compaction", "doccache"},
     {"engine", "session"},
-    {"trust", "discovery", "registry"},
-    {"sync", "compacting"},
+    {"trust", "discovery", "registry", "limits"},
+    {"sync", "compacting", "devices", "oplog", "relay_http"},
     {"net"},
-    {"yjs_endpoint"},
+    {"yjs_endpoint", "relay_ops"},
     {"peer", "relay"},
     {"replica"},
     {

@@ -163,10 +163,21 @@ def _relay(args: argparse.Namespace) -> int:
     if args.data is None:
         raise cli_input.error("bad_usage", "replica relay: --data DIR is required (the relay's data directory)")
 
+    from replica import oplog
+
+    oplog.configure(args.log_level, args.log_format)
+
     async def serve() -> None:
         stop = cli_input.stop_on_signals()
         try:
-            relay = Relay(args.data, host=args.host, port=args.port, doc_cache_mb=args.doc_cache_mb)
+            relay = Relay(
+                args.data,
+                host=args.host,
+                port=args.port,
+                doc_cache_mb=args.doc_cache_mb,
+                tls=cli_input.server_tls(args),
+                abuse=cli_input.abuse_limits(args),
+            )
         except OSError as exc:
             raise cli_input.error(
                 "data_dir_error", f"cannot use the relay's data directory {args.data}: {exc.strerror}"
@@ -185,6 +196,25 @@ def _relay(args: argparse.Namespace) -> int:
         print("Relay stopped; everything acknowledged is on disk.", flush=True)
 
     asyncio.run(serve())
+    return 0
+
+
+def _relay_devices(args: argparse.Namespace) -> int:
+    from replica import devices
+
+    folder = cli_input.relay_dir(args)
+    now = time.time()
+    rows = devices.view(folder, now=now, stale=args.stale)
+    if args.json:
+        cli_input.print_json({"now": now, "stale_after": args.stale, "devices": rows})
+        return 0
+    if not rows:
+        print("No device has synced with this relay yet, and no credential was issued.")
+        return 0
+    stale = [row for row in rows if row["stale"]]
+    print(f"{len(rows)} device(s); {len(stale)} not heard from in {cli_input.describe_seconds(args.stale)}:")
+    for row in rows:
+        print(cli_input.device_line(row, now))
     return 0
 
 
@@ -271,7 +301,7 @@ def _peer_serve(args: argparse.Namespace) -> int:
         stop = cli_input.stop_on_signals()
         with Replica.open(path, replica_id=args.replica_id) as replica:
             try:
-                server = await replica.serve_peers(args.host, args.port)
+                server = await replica.serve_peers(args.host, args.port, tls=cli_input.server_tls(args))
             except OSError as exc:
                 raise cli_input.listen_error(exc, args.host, args.port) from None
             print(f"Device {replica.id} serving peers on {server.url}", flush=True)
@@ -461,6 +491,15 @@ def _device_options(
     command.add_argument("--replica-id", type=cli_input.replica_id, help=id_help)
 
 
+CA_HELP = "with a wss:// URL: trust only the CA certificate(s) in this PEM file (default: the system's store)"
+
+
+def _tls_options(command: argparse.ArgumentParser) -> None:
+    cert = "serve wss:// (TLS) with this PEM certificate chain (with --tls-key)"
+    command.add_argument("--tls-cert", metavar="FILE", help=cert)
+    command.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+
+
 EXAMPLES = {
     "init": "replica init --data ./tablet-7 --replica-id tablet-7",
     "status": "replica status --data ./tablet-7",
@@ -474,6 +513,7 @@ EXAMPLES = {
     "relay public-key": "replica relay public-key --data ./relay-data > relay.pub",
     "relay revoke": "replica relay revoke --data ./relay-data --replica-id tablet-7",
     "relay issued": "replica relay issued --data ./relay-data",
+    "relay devices": "replica relay devices --data ./relay-data --stale 24h",
     "relay compact": "replica relay compact --data ./relay-data --keep 1000",
     "compact": "replica compact --data ./tablet-7",
     "peer": "replica peer serve --data ./tablet-7 --port 8766 --advertise",
@@ -517,6 +557,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     relay.add_argument("--port", type=cli_input.port, default=8765, help="port to listen on (0 picks a free one)")
     cache_help = "memory budget (MB) of the documents kept loaded; the least recently used are unloaded"
     relay.add_argument("--doc-cache-mb", type=cli_input.megabytes, default=256.0, help=cache_help)
+    _tls_options(relay)
+    relay.add_argument("--log-format", choices=("human", "json"), default="human", help="log lines on stderr")
+    levels = ("debug", "info", "warning", "error")
+    relay.add_argument("--log-level", choices=levels, default="info", help="info: one line per sync")
+    limit = "per connection, twice that per device over all its connections (0: no limit)"
+    relay.add_argument("--max-frames-per-second", type=cli_input.limit, default=500.0, help=f"frames {limit}")
+    relay.add_argument("--max-mb-per-second", type=cli_input.limit, default=32.0, help=f"MB {limit}")
+    cap = "connections one device may have open at once (0: no limit)"
+    relay.add_argument("--max-connections-per-device", type=cli_input.limit, default=8, help=cap)
     relay_commands = relay.add_subparsers(dest="relay_command", metavar="COMMAND")
     issue = _command(
         relay_commands, "relay issue-credential", "print a credential signed by this relay", _issue_credential
@@ -541,6 +590,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     compact = _command(relay_commands, "relay compact", "replace old deltas with snapshots now", _relay_compact)
     compact.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     compact.add_argument("--keep", type=int, default=1000, help="newest deltas of each document kept one by one")
+    summary = "list the devices this relay has seen: last contact and outcome, what they hold, credentials"
+    listing = _command(relay_commands, "relay devices", summary, _relay_devices)
+    listing.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
+    listing.add_argument("--json", action="store_true", help="one JSON object")
+    stale_help = "mark devices not heard from for this long (30m, 24h, 7d)"
+    listing.add_argument("--stale", type=cli_input.duration, default="24h", help=stale_help)
     issued = _command(relay_commands, "relay issued", "list the credentials this relay issued", _issued)
     issued.add_argument("--data", required=True, metavar="DIR", help="the relay's data directory")
     issued.add_argument("--json", action="store_true", help="one JSON object")
@@ -559,6 +614,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     json_help = "print the final status as a JSON object (with --live: one per status change, one per line)"
     sync.add_argument("--json", action="store_true", help=json_help)
+    sync.add_argument("--ca", metavar="FILE", help=CA_HELP)
 
     summary = "replace changes already on the relay with snapshots (a smaller, faster data directory)"
     _device_options(_command(commands, "compact", summary, _compact), env)
@@ -581,6 +637,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument(
         "--timeout", type=cli_input.seconds, default=30.0, help="with --relay: seconds without an answer before failing"
     )
+    serve.add_argument("--ca", metavar="FILE", help=CA_HELP)
+    _tls_options(serve)
     serve.set_defaults(peer=False)
     discover = _command(
         peer_commands, "peer discover", "list peers advertised on the local network (mDNS)", _peer_discover

@@ -16,12 +16,16 @@ import json
 import shlex
 import signal
 import socket
-from dataclasses import asdict
+import ssl
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from replica import tls
 from replica.credentials import MAX_PATTERN_CHARS, PATTERN_RULE, PublicKey
 from replica.errors import ReplicaError
+from replica.limits import AbuseLimits
 from replica.names import check_replica_id
 from replica.replica import Replica
 from replica.status import SyncStatus
@@ -174,3 +178,104 @@ def stop_on_signals() -> asyncio.Event:
     for number in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(number, stop.set)
     return stop
+
+
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """How a device verifies a ``wss://`` server: ``--ca FILE`` if given, else the system's trust store."""
+    ca = getattr(args, "ca", None)
+    if ca is None:
+        return None
+    url = getattr(args, "relay", None) or ""
+    if not url.startswith("wss://"):
+        raise error("bad_usage", f"--ca is for wss:// URLs (TLS); {url or 'the URL'} is not one")
+    return tls.client_context(ca)
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """A server's TLS context from ``--tls-cert`` and ``--tls-key`` (both or neither)."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise error("bad_usage", "give both --tls-cert FILE (the PEM certificate chain) and --tls-key FILE (its key)")
+    return tls.server_context(cert, key)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """A duration such as ``90s``, ``30m``, ``24h`` or ``7d`` (plain numbers are seconds), in seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e10:
+        raise error("bad_duration", f"{text!r} is not a duration; write it like 30m, 24h or 7d")
+    return value
+
+
+def describe_seconds(seconds: float) -> str:
+    """``86400`` -> ``24 h``: how a duration is said back to the user."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= (2 * size if unit == "days" else size) and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def limit(text: str) -> float:
+    """A rate or count limit: a number >= 0 (0: no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e12:
+        raise error("bad_limit", f"{text!r} is not a limit: give a number (0 for no limit)")
+    return value
+
+
+def abuse_limits(args: argparse.Namespace) -> AbuseLimits:
+    """The relay's abuse limits from ``--max-frames-per-second``, ``--max-mb-per-second``
+    and ``--max-connections-per-device`` (per device: twice the per-connection rates)."""
+    frames, megabytes, cap = args.max_frames_per_second, args.max_mb_per_second, args.max_connections_per_device
+    mb = 1024 * 1024
+    return replace(
+        AbuseLimits(),
+        frames_per_second=frames or None,
+        frame_burst=max(int(frames * 4), 1),
+        credential_frames_per_second=frames * 2 or None,
+        credential_frame_burst=max(int(frames * 8), 1),
+        bytes_per_second=megabytes * mb or None,
+        credential_bytes_per_second=megabytes * 2 * mb or None,
+        connections_per_credential=int(cap) or None,
+    )
+
+
+def device_line(row: dict[str, Any], now: float) -> str:
+    """One device of ``replica relay devices``, for people."""
+    when = "never" if row["last_contact"] is None else _ago(now - row["last_contact"])
+    outcome = row["last_outcome"] or "no sync yet"
+    if row["last_code"] and row["last_outcome"] != "synced":
+        outcome += f" [{row['last_code']}]"
+    held = ", ".join(f"{name} {count}" for name, count in sorted(row["documents"].items())) or "nothing"
+    flags = [flag for flag, on in (("STALE", row["stale"]), ("REVOKED", row["revoked"])) if on]
+    expiry = row["credential_expires_at"]
+    if expiry is None:
+        credential = "credential unknown"
+    elif row["credential_expired"]:
+        credential = "credential EXPIRED " + _ago(now - expiry)
+    else:
+        credential = "credential until " + time.strftime("%Y-%m-%d", time.gmtime(expiry))
+    mark = f" {' '.join(flags)}" if flags else ""
+    return f"  {row['replica_id']}{mark}: last contact {when}, {outcome}; holds {held}; {credential}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"

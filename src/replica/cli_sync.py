@@ -204,7 +204,14 @@ async def run(
     it); the final status, and whether it was stopped."""
     unsubscribe = replica.subscribe(report)
     syncing = asyncio.ensure_future(
-        replica.sync(args.relay, credential=credential, live=args.live, timeout=args.timeout, peer=args.peer)
+        replica.sync(
+            args.relay,
+            credential=credential,
+            live=args.live,
+            timeout=args.timeout,
+            peer=args.peer,
+            tls=cli_input.client_tls(args),
+        )
     )
     stopping = asyncio.ensure_future(stop.wait())
     try:

@@ -16,8 +16,11 @@ this module only moves bytes and time:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -26,8 +29,11 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
-from replica import runs, wire
+from replica import runs, tls, wire
 from replica.engine import Engine
 from replica.errors import ErrorInfo
 from replica.events import Event
@@ -44,8 +50,17 @@ WS_MAX_SIZE = 2 * wire.MAX_FRAME_BYTES
 DEFAULT_TIMEOUT = 30.0
 #: How long a server waits for a client's websocket handshake, then its hello.
 HANDSHAKE_TIMEOUT = 5.0
+#: Longest wait of a device asking a server whose handshake failed whether it speaks (no) TLS.
+PROBE_TIMEOUT = 3.0
+#: How long a stopping server waits for its links to close before aborting them.
+STOP_GRACE = 1.0
+#: The close reason a stopping server gives (with code 1001): devices reconnect later.
+GOING_AWAY = "the server is shutting down; reconnecting later"
 
 EventHandler = Callable[[Session, Event], None]
+#: ``process_request`` of websockets' ``serve``: an HTTP response answers the request instead
+#: of the websocket handshake (health checks and metrics on the same port); None goes on.
+ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None] | Response | None]
 
 
 class Hub:
@@ -82,6 +97,21 @@ class Hub:
             self._on_event(session, event)
         for link in links:
             link.wake()
+
+
+class _TimedHub(Hub):
+    """A :class:`Hub` that reports each group commit: links settled, seconds taken."""
+
+    def __init__(self, replica: Engine, on_event: EventHandler, on_commit: Callable[[int, float], None]) -> None:
+        super().__init__(replica, on_event)
+        self._on_commit = on_commit
+
+    def flush(self) -> None:
+        links = len(self._dirty)
+        started = time.perf_counter()
+        super().flush()
+        if links:
+            self._on_commit(links, time.perf_counter() - started)
 
 
 class Link:
@@ -169,25 +199,52 @@ class Listener:
     links, and every newly stored batch offered to the live links that have
     its document open (fan-out)."""
 
-    def __init__(self, replica: Engine, make_session: Callable[[], Session], on_event: EventHandler) -> None:
+    def __init__(
+        self,
+        replica: Engine,
+        make_session: Callable[[], Session],
+        on_event: EventHandler,
+        *,
+        process_request: ProcessRequest | None = None,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.replica = replica
         self._make_session = make_session
-        self._hub = Hub(replica, on_event)
+        self._hub: Hub = _TimedHub(replica, on_event, on_commit) if on_commit is not None else Hub(replica, on_event)
         self._links: set[Link] = set()
         self._server: Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._routes: list[tuple[str, Callable[[ServerConnection], Awaitable[None]]]] = []
         self.host = ""
+        #: The server's TLS context (``wss://``), or None for plain ``ws://``.
+        self.tls: ssl.SSLContext | None = None
+        #: Answers plain HTTP requests (``/health``, ``/metrics``) before any websocket handshake.
+        self._process_request = process_request
+        #: Every TCP connection accepted and not yet closed, in any state (even before its
+        #: websocket handshake): what a stop aborts once its grace period is over.
+        self._connections: set[ServerConnection] = set()
 
     def route(self, prefix: str, handler: Callable[[ServerConnection], Awaitable[None]]) -> None:
         """Hand the connections whose request path starts with ``prefix`` to
         ``handler`` instead of a sync session (the relay's Yjs endpoint)."""
         self._routes.append((prefix, handler))
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (``port=0`` picks a free one)."""
-        self.host = host
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (``port=0`` picks a free one); with ``tls``
+        (``replica.tls.server_context``), ``wss://`` only."""
+        self.host, self.tls = host, tls
         self._unsubscribe = self.replica.on_change(self._fan_out)
+        connections = self._connections
+
+        class Tracked(ServerConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                connections.add(self)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                connections.discard(self)
+                super().connection_lost(exc)
+
         self._server = await serve(
             self._serve,
             host,
@@ -197,32 +254,64 @@ class Listener:
             ping_interval=20,
             ping_timeout=20,
             open_timeout=HANDSHAKE_TIMEOUT,
+            ssl=self.tls,
+            process_request=self._answer_http,
+            create_connection=Tracked,
         )
+
+    async def _answer_http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Every request, before its websocket handshake: note where it came
+        from (:func:`remote_address`), then ask ``process_request``."""
+        _remote.set(_address(connection.remote_address))
+        if self._process_request is None:
+            return None
+        answer = self._process_request(connection, request)
+        return await answer if inspect.isawaitable(answer) else answer
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` while listening."""
+        """``ws://host:port`` (``wss://`` with TLS) while listening."""
         if self._server is None:
             raise RuntimeError("not listening")
         port = next(iter(self._server.sockets)).getsockname()[1]
-        return f"ws://{self.host}:{port}"
+        return f"{'wss' if self.tls is not None else 'ws'}://{self.host}:{port}"
+
+    @property
+    def connections(self) -> int:
+        """TCP connections open now, websocket or not yet (and plain HTTP requests)."""
+        return len(self._connections)
 
     @property
     def links(self) -> int:
         """Connections open now."""
         return len(self._links)
 
-    async def stop(self) -> None:
-        """Close every link and stop listening."""
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop listening and close every link with 1001 (going away), which
+        devices take as a reason to reconnect later. Connections that do not
+        answer within ``grace`` seconds (silent, half-open, still in their
+        handshake) are aborted. What was acknowledged is already on disk: a
+        session acks only after its commit."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._server is not None:
-            self._server.close(close_connections=False)
-            for link in list(self._links):
-                await link.ws.close(1001, "the server is shutting down")
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._hub.flush()  # what arrived before the stop is stored (and acked) first
+        # Sends 1001 to every open link at once (and 503 to a handshake whose request arrives).
+        server.close(close_connections=True, code=1001, reason=GOING_AWAY)
+        for connection in list(self._connections):
+            if connection.protocol.state is State.CONNECTING:  # no session yet: nothing to say goodbye to
+                connection.transport.abort()
+        try:
+            await asyncio.wait_for(server.wait_closed(), grace)
+        except TimeoutError:
+            stuck = list(self._connections)
+            log.info("aborting %d connection(s) that did not close within %.1f s", len(stuck), grace)
+            for connection in stuck:
+                connection.transport.abort()
+            await server.wait_closed()
 
     async def _serve(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request is not None else "/"
@@ -247,6 +336,22 @@ class Listener:
                 if link.session.mode == "live":  # where it is not open yet too: the session offers it
                     link.session.local_changed(document, now)
                     link.wake()
+
+
+_remote: contextvars.ContextVar[str] = contextvars.ContextVar("replica_remote_address", default="")
+
+
+def remote_address() -> str:
+    """``host:port`` of the client whose connection the current task serves
+    (inside ``make_session`` and event handlers of a :class:`Listener`); ``""`` elsewhere."""
+    return _remote.get()
+
+
+def _address(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer or "")
 
 
 def _closed_reason(exc: ConnectionClosed) -> str:
@@ -321,9 +426,12 @@ async def run_link(
     timeout: float,
     peer: bool = False,
     limits: Limits | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> DeviceRun:
     """Run one device session over one connection. Once: returns when the
-    run completed or failed. Live: returns when the connection ends."""
+    run completed or failed. Live: returns when the connection ends.
+    ``tls``: how a ``wss://`` server is verified (default: the system's
+    trust store; see ``replica.tls``)."""
     session = Session(
         replica,
         role="device",
@@ -335,7 +443,8 @@ async def run_link(
     run = DeviceRun(replica, session, peer=peer)
     hub = Hub(replica, run.on_event)
     try:
-        async with connect(url, max_size=WS_MAX_SIZE, open_timeout=timeout, compression=None) as ws:
+        secure: dict[str, Any] = {"ssl": tls} if tls is not None and url.startswith("wss://") else {}
+        async with connect(url, max_size=WS_MAX_SIZE, open_timeout=timeout, compression=None, **secure) as ws:
             run.link = Link(ws, session, hub, timeout=timeout)
             unsubscribe = replica.on_change(run.local_changed)
             try:
@@ -345,7 +454,7 @@ async def run_link(
             finally:
                 unsubscribe()
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
-        error = _connect_error(url, exc, peer=peer)
+        error = await _mixed_up_tls(url, exc, peer=peer, timeout=timeout) or _connect_error(url, exc, peer=peer)
         session.fail(error.code, error.message, error.retryable)  # a live sync stops on a bad URL
         run.fail(error)
     except asyncio.CancelledError:
@@ -356,8 +465,26 @@ async def run_link(
     return run
 
 
+async def _mixed_up_tls(url: str, exc: BaseException, *, peer: bool, timeout: float) -> ErrorInfo | None:
+    """A ``wss://`` URL of a plain server, or a ``ws://`` URL of a TLS one:
+    the handshake failed without saying why, so ask the server the other way."""
+    who = "the peer" if peer else "the relay"
+    try:
+        parsed = parse_uri(url)
+    except InvalidURI:
+        return None
+    wait = min(timeout, PROBE_TIMEOUT)
+    if parsed.secure and isinstance(exc, ConnectionError | ssl.SSLEOFError):
+        return tls.not_offered(url, who) if await tls.answers_plain_http(parsed.host, parsed.port, wait) else None
+    if not parsed.secure and isinstance(exc, InvalidHandshake | ConnectionError):
+        return tls.required(url, who) if await tls.answers_tls(parsed.host, parsed.port, wait) else None
+    return None
+
+
 def _connect_error(url: str, exc: BaseException, *, peer: bool) -> ErrorInfo:
     who, code = ("the peer", "peer_unreachable") if peer else ("the relay", "relay_unreachable")
+    if isinstance(exc, ssl.SSLError):  # before OSError, which it is: no retry cures a certificate
+        return tls.connect_error(url, exc, who)
     if isinstance(exc, InvalidURI):
         return ErrorInfo("bad_url", f"{url!r} is not a websocket URL (ws://host:port)", False)
     if isinstance(exc, TimeoutError):
@@ -366,7 +493,7 @@ def _connect_error(url: str, exc: BaseException, *, peer: bool) -> ErrorInfo:
         return ErrorInfo(code, f"{who} at {url} refused the connection; is it running?", True)
     if isinstance(exc, InvalidHandshake):
         return ErrorInfo(code, f"{url} did not accept a websocket connection ({exc})", True)
-    return ErrorInfo(code, f"cannot reach {who} at {url}: {exc}", True)
+    return ErrorInfo(code, f"cannot reach {who} at {url}: {exc or type(exc).__name__}", True)
 
 
 async def sync_once(
@@ -377,9 +504,12 @@ async def sync_once(
     timeout: float = DEFAULT_TIMEOUT,
     peer: bool = False,
     limits: Limits | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SyncStatus:
     """One sync run; returns the final status (``SYNCED`` or ``FAILED``)."""
-    run = await run_link(replica, url, credential=credential, mode="once", timeout=timeout, peer=peer, limits=limits)
+    run = await run_link(
+        replica, url, credential=credential, mode="once", timeout=timeout, peer=peer, limits=limits, tls=tls
+    )
     return run.status()
 
 
@@ -403,13 +533,14 @@ async def sync_live(
     peer: bool = False,
     limits: Limits | None = None,
     max_delay: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> SyncStatus:
     """Stay connected and stream deltas both ways until cancelled, or until
     an error that retrying cannot fix; reconnect after drops."""
     delays = backoff(cap=max_delay)
     while True:
         run = await run_link(
-            replica, url, credential=credential, mode="live", timeout=timeout, peer=peer, limits=limits
+            replica, url, credential=credential, mode="live", timeout=timeout, peer=peer, limits=limits, tls=tls
         )
         session = run.session
         if session.error is not None and not session.error.retryable:

@@ -16,6 +16,7 @@ count of deltas not yet on the relay.
 
 from __future__ import annotations
 
+import ssl
 import time
 import weakref
 from types import TracebackType
@@ -57,8 +58,9 @@ class PeerServer:
         """Peers connected now."""
         return self._listener.links
 
-    async def start(self, host: str = "0.0.0.0", port: int = 8766) -> None:
-        await self._listener.start(host, port)
+    async def start(self, host: str = "0.0.0.0", port: int = 8766, *, tls: ssl.SSLContext | None = None) -> None:
+        """Listen for peers (``wss://`` with ``tls``)."""
+        await self._listener.start(host, port, tls=tls)
 
     async def stop(self) -> None:
         await self._listener.stop()

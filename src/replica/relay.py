@@ -26,17 +26,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from replica import errors, registry
+from replica.compacting import compact_due_in_steps
 from replica.credentials import PublicKey, SigningKey
 from replica.engine import Engine
-from replica.events import Event
+from replica.limits import AbuseLimits
 from replica.names import new_replica_id
 from replica.net import Listener
-from replica.session import Limits, Session
+from replica.relay_ops import RelayOps
+from replica.session import Limits
 from replica.trust import RelayAuthority
 from replica.yjs_endpoint import PREFIX as YJS_PREFIX
 from replica.yjs_endpoint import YjsEndpoint
@@ -51,8 +54,6 @@ ID_FILE = "relay.id"
 COMPACT_EVERY = 10_000
 KEEP_DELTAS = 1_000
 COMPACT_INTERVAL = 30.0
-#: Deltas compacted per transaction while serving (about a tenth of a second).
-COMPACT_STEP = 20_000
 #: Default memory budget of the documents a relay keeps loaded (MB).
 DOC_CACHE_MB = 256.0
 
@@ -85,8 +86,18 @@ class Relay:
         compact_every: int | None = COMPACT_EVERY,
         keep: int = KEEP_DELTAS,
         doc_cache_mb: float | None = DOC_CACHE_MB,
+        tls: ssl.SSLContext | None = None,
+        abuse: AbuseLimits | None = None,
+        map_size: int | None = None,
     ) -> None:
         self.data = Path(data)
+        self.map_size = map_size  #: bytes of LMDB address space (None: the store's default)
+        #: Rate and connection limits per connection and per device (``replica.limits``).
+        self.abuse = abuse
+        #: Metrics, health, the operator's log and the devices view, while running.
+        self.ops: RelayOps | None = None
+        #: Serve ``wss://`` with this context (``replica.tls.server_context``); None: plain ``ws://``.
+        self.tls = tls
         #: A document is compacted once this many deltas follow its snapshot (None: never).
         self.compact_every = compact_every
         self.keep = keep  #: the newest deltas a compaction keeps one by one (what a device a bit behind gets)
@@ -107,7 +118,7 @@ class Relay:
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` of the running relay."""
+        """``ws://host:port`` (``wss://`` with TLS) of the running relay."""
         if self._listener is None:
             raise RuntimeError("the relay is not running")
         return self._listener.url
@@ -137,26 +148,28 @@ class Relay:
     async def start(self) -> None:
         """Open the data directory and start listening."""
         budget = None if self.doc_cache_mb is None else int(self.doc_cache_mb * 1e6)
-        replica = self.replica = Engine.open(self.data, replica_id=self.replica_id, doc_cache_bytes=budget)
-
-        def session() -> Session:
-            return Session(
-                replica, role="relay", initiator=False, authorize=self.authority.authorize, limits=self.limits
-            )
+        replica = self.replica = Engine.open(
+            self.data, replica_id=self.replica_id, doc_cache_bytes=budget, map_size=self.map_size
+        )
 
         self.compact_due()  # what grew while it was down, or before compaction existed
         self._changed.clear()
         replica.on_change(self._changed.add)
-        self._listener = Listener(replica, session, self._on_event)
+        ops = self.ops = RelayOps(replica, self.authority, folder=str(self.data), limits=self.limits, abuse=self.abuse)
+        listener = self._listener = Listener(
+            replica, ops.make_session, ops.on_event, process_request=ops.http, on_commit=ops.committed
+        )
+        ops.connections = lambda: listener.connections
         self.yjs = YjsEndpoint(replica, self.authority)
-        self._listener.route(YJS_PREFIX, self.yjs.serve)
+        listener.route(YJS_PREFIX, self.yjs.serve)
         try:
-            await self._listener.start(self.host, self.port)
+            await listener.start(self.host, self.port, tls=self.tls)
         except BaseException:
             await self.yjs.stop()
             replica.close()
-            self.replica = self._listener = self.yjs = None
+            self.replica = self._listener = self.ops = self.yjs = None
             raise
+        ops.start()
         log.info("relay %s listening on %s", self.replica_id, self.url)
         if self.compact_every is not None:
             self._compactor = asyncio.get_running_loop().create_task(self._compact_now_and_then())
@@ -171,8 +184,8 @@ class Relay:
 
     async def _compact_now_and_then(self) -> None:
         """Every :data:`COMPACT_INTERVAL`, the documents that changed and are
-        due, in steps of :data:`COMPACT_STEP` deltas (one short transaction
-        each), yielding to the connections between steps."""
+        due, in short steps with the connections served between them
+        (``replica.compacting``)."""
         while True:
             await asyncio.sleep(COMPACT_INTERVAL)
             changed = set(self._changed)  # in place: on_change holds this set's add
@@ -180,16 +193,12 @@ class Relay:
             replica = self.replica
             if replica is None or self.compact_every is None:
                 continue
-            due = [name for name in changed if replica.tail_length(name) > self.compact_every]
             replaced = 0
             try:
-                for name in due:
-                    while step := replica.compact([name], bound=None, keep=self.keep, most=COMPACT_STEP):
-                        replaced += step
-                        await asyncio.sleep(0)
+                replaced = await compact_due_in_steps(replica, self.compact_every, changed, bound=None, keep=self.keep)
             except errors.ReplicaError as exc:  # a storage fault: the deltas stay; try again later
                 log.warning("compaction failed: %s", exc)
-                self._changed.update(due)
+                self._changed.update(changed)
             if replaced:
                 log.info("compacted %d deltas into snapshots", replaced)
 
@@ -205,6 +214,8 @@ class Relay:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self.ops is not None:
+            self.ops.stop()
         if self.replica is not None:
             self.replica.close()
             self.replica = None
@@ -217,8 +228,3 @@ class Relay:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-    # -- links ---------------------------------------------------------------
-
-    def _on_event(self, session: Session, event: Event) -> None:
-        """Nothing to do on the relay side: sessions ack and close themselves."""

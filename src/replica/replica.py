@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,7 +88,14 @@ class Replica(Engine):
     # -- syncing with a relay or a peer --------------------------------------
 
     async def sync(
-        self, url: str, *, credential: str | None = None, live: bool = False, timeout: float = 30.0, peer: bool = False
+        self,
+        url: str,
+        *,
+        credential: str | None = None,
+        live: bool = False,
+        timeout: float = 30.0,
+        peer: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> SyncStatus:
         """Sync with the relay at ``url`` and return the final status.
 
@@ -106,10 +114,12 @@ class Replica(Engine):
         (:meth:`serve_peers`); pass ``peer=True`` so that the relay-facing
         :meth:`status` is left alone (the peer's shows in :meth:`peers`). The
         returned status carries this run's own state and error either way.
+        ``tls``: how a ``wss://`` server is verified (default: the system's
+        trust store; ``replica.tls.client_context(ca)`` for a CA of your own).
         """
         task = self._sync_tasks.get(url)
         if task is None or task.done():
-            task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer)
+            task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer, tls=tls)
         elif not live and url in self._live_relays:
             return await self._caught_up(task)
         try:
@@ -135,7 +145,14 @@ class Replica(Engine):
         return asyncio.run(self.sync(url, **options))
 
     def _start_sync(
-        self, url: str, *, credential: str | None, live: bool, timeout: float, peer: bool = False
+        self,
+        url: str,
+        *,
+        credential: str | None,
+        live: bool,
+        timeout: float,
+        peer: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> asyncio.Task[SyncStatus]:
         self._check_open()
         if not peer:
@@ -149,7 +166,7 @@ class Replica(Engine):
         async def run() -> SyncStatus:
             compactor = asyncio.ensure_future(self._compact_while_live()) if live and not peer else None
             try:
-                final = await runner(self, url, credential=credential, timeout=timeout, peer=peer)
+                final = await runner(self, url, credential=credential, timeout=timeout, peer=peer, tls=tls)
             finally:
                 self._live_relays.discard(url)
                 if compactor is not None:
@@ -210,11 +227,14 @@ class Replica(Engine):
             if not self.closed and status.state is SyncState.SYNCED and status.connected:
                 await self._compact_after_sync()
 
-    async def serve_peers(self, host: str = "0.0.0.0", port: int = 8766, **options: Any) -> PeerServer:
+    async def serve_peers(
+        self, host: str = "0.0.0.0", port: int = 8766, *, tls: ssl.SSLContext | None = None, **options: Any
+    ) -> PeerServer:
         """Accept other devices syncing with this one (see ``replica.peer``);
-        returns the running server (``await server.stop()``, or ``async with``)."""
+        returns the running server (``await server.stop()``, or ``async with``).
+        ``tls``: serve ``wss://`` with this context (``replica.tls.server_context``)."""
         server = PeerServer(self, **options)
-        await server.start(host, port)
+        await server.start(host, port, tls=tls)
         return server
 
     async def statuses(self) -> AsyncIterator[SyncStatus]:
