@@ -222,3 +222,27 @@ def test_login_peer_sync_and_live_mode_through_the_screens(tmp_path: Path) -> No
                 assert not until(b_events, lambda s: not s["live"]["on"])["sync"]["note"]
                 b.terminate()
             a.terminate()
+
+
+def test_a_screen_syncs_over_wss_with_the_campaign_ca_and_says_why_not_without(tmp_path: Path) -> None:
+    """``replica ui --ca``: the screen reaches a TLS relay; without the CA
+    the popup names the untrusted certificate and offers no Retry."""
+    from relay_process import RelayProcess
+    from tls_certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    with RelayProcess(tmp_path / "relay", "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)) as relay:
+        assert relay.url.startswith("wss://")
+        (tmp_path / "dev.cred").write_text(relay.issue("dev-a", ["campaign-7/*"]) + "\n")
+        with Replica.open(tmp_path / "dev-a", replica_id="dev-a"):
+            pass
+        relay_options = ["--relay", relay.url, "--credential", str(tmp_path / "dev.cred")]
+        for extra, expected in ((["--ca", str(pki.ca)], "synced"), ([], "failed")):
+            with UIProcess(tmp_path / "dev-a", *relay_options, *extra) as ui:
+                stream = events(ui.url + "events")
+                assert post(ui.url + "sync", {})[0] == 200
+                popup = until(stream, lambda s: s["popup"] is not None)["popup"]
+                assert popup["kind"] == expected, popup
+                if expected == "failed":
+                    assert popup["error_code"] == "tls_untrusted" and popup["retry"] is None, popup
+                ui.terminate()

@@ -491,9 +491,6 @@ def _device_options(
     command.add_argument("--replica-id", type=cli_input.replica_id, help=id_help)
 
 
-CA_HELP = "with a wss:// URL: trust only the CA certificate(s) in this PEM file (default: the system's store)"
-
-
 def _tls_options(command: argparse.ArgumentParser) -> None:
     cert = "serve wss:// (TLS) with this PEM certificate chain (with --tls-key)"
     command.add_argument("--tls-cert", metavar="FILE", help=cert)
@@ -614,7 +611,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     json_help = "print the final status as a JSON object (with --live: one per status change, one per line)"
     sync.add_argument("--json", action="store_true", help=json_help)
-    sync.add_argument("--ca", metavar="FILE", help=CA_HELP)
+    sync.add_argument("--ca", metavar="FILE", help=cli_input.CA_HELP)
 
     summary = "replace changes already on the relay with snapshots (a smaller, faster data directory)"
     _device_options(_command(commands, "compact", summary, _compact), env)
@@ -637,7 +634,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     serve.add_argument(
         "--timeout", type=cli_input.seconds, default=30.0, help="with --relay: seconds without an answer before failing"
     )
-    serve.add_argument("--ca", metavar="FILE", help=CA_HELP)
+    serve.add_argument("--ca", metavar="FILE", help=cli_input.CA_HELP)
     _tls_options(serve)
     serve.set_defaults(peer=False)
     discover = _command(

@@ -180,6 +180,10 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+#: The ``--ca`` option's help, for every command that connects to a relay or a peer.
+CA_HELP = "with a wss:// URL: trust only the CA certificate(s) in this PEM file (default: the system's store)"
+
+
 def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     """How a device verifies a ``wss://`` server: ``--ca FILE`` if given, else the system's trust store."""
     ca = getattr(args, "ca", None)

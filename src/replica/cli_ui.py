@@ -72,6 +72,7 @@ def ui(args: argparse.Namespace) -> int:
     path = cli_input.device_dir(args)
     credential = cli_input.read_credential(args.credential) if args.credential else None
     words = catalog(args.lang)
+    tls = cli_input.client_tls(args)
 
     async def serve() -> None:
         stop = cli_input.stop_on_signals()
@@ -85,6 +86,7 @@ def ui(args: argparse.Namespace) -> int:
                 areas=args.area or [DEFAULT_AREA],
                 catalog=words,
                 timeout=args.timeout,
+                tls=tls,
             )
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(device.close)
@@ -156,6 +158,7 @@ def add_options(ui_command: argparse.ArgumentParser, demo_command: argparse.Argu
         "--credential", metavar="FILE", help="file holding the credential (default: the last given)"
     )
     ui_command.add_argument("--port", type=cli_input.port, default=PORT, help="port of the page on 127.0.0.1")
+    ui_command.add_argument("--ca", metavar="FILE", help=cli_input.CA_HELP)
     ui_command.add_argument(
         "--peer", type=peer, action="append", metavar="[NAME=]URL", help="a nearby device (repeatable)"
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import replace
@@ -67,8 +68,10 @@ class Device:
         areas: Sequence[str] = (DEFAULT_AREA,),
         catalog: Catalog | None = None,
         timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.replica = replica
+        self.tls = tls  # how a wss:// relay is verified (None: the system's trust store)
         self.name = name or replica.id
         self.relay = relay
         self.credential = credential
@@ -118,7 +121,7 @@ class Device:
             raise action_error("live_on", "live sync is on: changes already go to the server as they are saved")
         self._check_idle()
         relay = self.relay
-        self._start(self.replica.sync(relay, credential=self.credential, timeout=self.timeout), None)
+        self._start(self.replica.sync(relay, credential=self.credential, timeout=self.timeout, tls=self.tls), None)
 
     def start_peer_sync(self, url: str) -> None:
         """The "Sync with <device>" button: one sync with a nearby device serving peers."""
@@ -189,7 +192,7 @@ class Device:
         if on:
             self._check_idle()
             self._live = asyncio.ensure_future(
-                self.replica.sync(self.relay, credential=self.credential, live=True, timeout=self.timeout)
+                self.replica.sync(self.relay, credential=self.credential, live=True, timeout=self.timeout, tls=self.tls)
             )
             self._live.add_done_callback(self._live_ended)
             self._set(live=True, outcome=None)
