@@ -71,12 +71,7 @@ def merged_run(payloads: Sequence[bytes]) -> bytes:
     """Updates merged into one without a document (``merge_updates``: keeps
     every struct whatever the receiver holds; quadratic, so for short runs).
     Raises :class:`ValueError` if they do not merge."""
-    try:
-        return merge_updates(*payloads)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # pyo3 PanicException is a BaseException
-        raise ValueError(f"the updates do not merge ({type(exc).__name__}: {exc})") from exc
+    return _refusing(merge_updates, *payloads)
 
 
 def update_state_vector(update: bytes) -> bytes:
