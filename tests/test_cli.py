@@ -67,3 +67,24 @@ def test_console_script_runs(tmp_path: Path) -> None:
     done = subprocess.run([*args, "status", "--data", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Data unsynced: 0" in done.stdout
+
+
+def test_sync_moves_on_to_the_next_relay_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--relay`` repeated (the relays of one deployment): an unreachable
+    first relay is skipped for the next."""
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{probe.getsockname()[1]}"
+    with Replica.open(tmp_path / "tab", replica_id="tablet-3") as replica:
+        replica.doc("campaign-7/households").records("households").put("h1", {"name": "Ada"})
+    with RelayProcess(tmp_path / "relay") as relay:
+        token = tmp_path / "t.cred"
+        token.write_text(relay.issue("tablet-3", ["campaign-7/*"]) + "\n")
+        command = ["sync", "--data", str(tmp_path / "tab"), "--relay", dead, "--relay", relay.url]
+        assert main([*command, "--credential", str(token)]) == 0
+        out = capsys.readouterr().out
+        assert out.rstrip().endswith("Data Synced"), out
+    with Replica.open(tmp_path / "tab") as replica:
+        assert replica.status().unsynced == 0

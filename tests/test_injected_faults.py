@@ -33,6 +33,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 import replica.doc
 import test_net
+import test_redis_log
 import test_runs
 import test_snapshots
 import test_trust
@@ -43,6 +44,7 @@ from replica.engine import Engine
 from replica.errors import ErrorInfo, StorageError
 from replica.log import DeltaLog
 from replica.names import RELAY
+from replica.redis_log import Follower, SharedLog
 from replica.replica import Replica
 from replica.session import Incoming, Session, SessionState
 from replica.status import Progress, SyncState, SyncStatus
@@ -599,6 +601,43 @@ def a_cut_state_starts_over() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def a_lagging_relay_serves_at_once() -> Iterator[None]:
+    """A relay of several serves a device from its copy of the shared log
+    without first reading what the other relays appended until then."""
+
+    async def at_once(self: Follower, timeout: float = 0.0) -> bool:
+        return True
+
+    with _patched(Follower, "fresh", at_once):
+        yield
+
+
+@contextmanager
+def acknowledged_without_redis() -> Iterator[None]:
+    """A relay of several commits and acknowledges an upload that Redis
+    failed to append (the append's failure is logged, not raised)."""
+    publish = SharedLog.publish
+
+    def careless(self: SharedLog, items: list[Any]) -> None:
+        try:
+            publish(self, items)
+        except StorageError as exc:
+            logging.getLogger("replica.redis_log").warning("%s", exc)
+
+    with _patched(SharedLog, "publish", careless):
+        yield
+
+
+def _redis_test(test: Callable[[Path], None]) -> Callable[[], None]:
+    def run() -> None:
+        with tempfile.TemporaryDirectory() as path:
+            test(Path(path))
+
+    run.__name__ = test.__name__
+    return run
+
+
 def _resumed_state() -> None:
     with tempfile.TemporaryDirectory() as path:
         test_snapshots.test_a_state_cut_short_resumes_where_it_stopped(Path(path))
@@ -621,6 +660,11 @@ DIRECT = [
     (connected_is_never_said, test_runs.test_a_run_is_connected_from_the_welcome_until_its_link_closes),
     (a_one_shot_call_waits_for_the_live_sync_to_end, _one_shot_joining_live),
     (a_cut_state_starts_over, _resumed_state),
+    (a_lagging_relay_serves_at_once, _redis_test(test_redis_log.test_a_device_of_another_relay_sees_an_upload_at_once)),
+    (
+        acknowledged_without_redis,
+        _redis_test(test_redis_log.test_a_failed_append_to_redis_stores_and_acknowledges_nothing),
+    ),
 ]
 
 

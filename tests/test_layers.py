@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"compaction", "doccache"},
     {"engine", "session"},
     {"trust", "discovery", "registry", "limits"},
-    {"sync", "compacting", "devices", "oplog", "relay_http"},
+    {"sync", "compacting", "devices", "oplog", "relay_http", "redis_log"},
     {"net"},
     {"yjs_endpoint", "relay_ops"},
     {"peer", "relay"},

@@ -75,9 +75,9 @@ def test_a_second_sync_joins_the_running_one(tmp_path: Path) -> None:
                 fill(replica, 2000)
                 first = asyncio.create_task(replica.sync(relay.url, credential=token))
                 await asyncio.sleep(0)
-                task = replica._sync_tasks[relay.url]
+                task = replica._sync_tasks[(relay.url,)]
                 second = await replica.sync(relay.url)
-                assert replica._sync_tasks[relay.url] is task
+                assert replica._sync_tasks[(relay.url,)] is task
                 assert (await first) is second
                 assert second.state is SyncState.SYNCED
 

@@ -177,6 +177,7 @@ def _relay(args: argparse.Namespace) -> int:
                 doc_cache_mb=args.doc_cache_mb,
                 tls=cli_input.server_tls(args),
                 abuse=cli_input.abuse_limits(args),
+                redis=args.redis,
             )
         except OSError as exc:
             raise cli_input.error(
@@ -190,6 +191,8 @@ def _relay(args: argparse.Namespace) -> int:
             print(f"Relay {relay.replica_id} listening on {relay.url}", flush=True)
             print(f"Public key: {relay.public_key.to_text()}", flush=True)
             print(f"Yjs clients (y-websocket): {relay.url}/yjs/<document>?token=<credential>", flush=True)
+            if args.redis:
+                print(f"Sharing its log with the deployment's other relays through {args.redis}", flush=True)
             await stop.wait()
         finally:
             await relay.stop()
@@ -414,6 +417,8 @@ def _peer_discover(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     path = cli_input.device_dir(args)
+    if not args.relay:  # from the environment: one URL, or several separated by commas
+        args.relay = [each.strip() for each in args.relay_env.split(",") if each.strip()]
     credential = cli_input.read_credential(args.credential) if args.credential else None
 
     async def run() -> tuple[SyncStatus, bool]:
@@ -423,7 +428,7 @@ def _sync(args: argparse.Namespace) -> int:
             if args.json:
                 report = cli_sync.JsonLines(replica.id, peer=args.peer, live=args.live)
             elif args.live:
-                report = cli_sync.LiveLines(args.relay, peer=args.peer)
+                report = cli_sync.LiveLines(", ".join(args.relay), peer=args.peer)
             else:
                 report = cli_sync.Progress()
             return await cli_sync.run(replica, args, credential, report, stop)
@@ -431,7 +436,8 @@ def _sync(args: argparse.Namespace) -> int:
     final, stopped = asyncio.run(run())
     error = final.error or ErrorInfo("unknown", "the sync stopped without an outcome", True)
     code = 0 if final.state is SyncState.SYNCED else EXIT_RETRY if error.retryable else EXIT_FAIL
-    cli_sync.print_end(final, args.relay, stopped=stopped, live=args.live, peer=args.peer, as_json=args.json)
+    where = final.relay or args.relay[0]
+    cli_sync.print_end(final, where, stopped=stopped, live=args.live, peer=args.peer, as_json=args.json)
     return code
 
 
@@ -556,6 +562,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     relay.add_argument("--doc-cache-mb", type=cli_input.megabytes, default=256.0, help=cache_help)
     _tls_options(relay)
     relay.add_argument("--log-format", choices=("human", "json"), default="human", help="log lines on stderr")
+    redis_help = (
+        "redis://HOST:PORT/DB: one of several relays sharing their log in Redis (docs/scale-out.md); "
+        "Redis must run with appendonly yes and appendfsync always"
+    )
+    relay.add_argument("--redis", metavar="URL", help=redis_help)
     levels = ("debug", "info", "warning", "error")
     relay.add_argument("--log-level", choices=levels, default="info", help="info: one line per sync")
     limit = "per connection, twice that per device over all its connections (0: no limit)"
@@ -600,8 +611,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     sync = _command(commands, "sync", "sync a data directory with a relay (or a peer)", _sync)
     _device_options(sync, env)
     url, credential_file = env.get(ENV_RELAY) or None, env.get(ENV_CREDENTIAL) or None
-    relay_help = f"the relay, e.g. ws://127.0.0.1:8765 (or set {ENV_RELAY})"
-    sync.add_argument("--relay", required=url is None, default=url, metavar="URL", help=relay_help)
+    relay_help = (
+        f"the relay, e.g. ws://127.0.0.1:8765 (or set {ENV_RELAY}, commas between several); "
+        "repeat for the relays of one deployment: the next is tried after a failure"
+    )
+    sync.add_argument("--relay", action="append", required=url is None, metavar="URL", help=relay_help)
+    sync.set_defaults(relay_env=url)
     file_help = f"file holding the credential (or set {ENV_CREDENTIAL}; without either: the last one given)"
     sync.add_argument("--credential", default=credential_file, metavar="FILE", help=file_help)
     sync.add_argument("--live", action="store_true", help="stay connected and sync continuously")

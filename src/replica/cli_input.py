@@ -189,9 +189,10 @@ def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     ca = getattr(args, "ca", None)
     if ca is None:
         return None
-    url = getattr(args, "relay", None) or ""
-    if not url.startswith("wss://"):
-        raise error("bad_usage", f"--ca is for wss:// URLs (TLS); {url or 'the URL'} is not one")
+    given = getattr(args, "relay", None) or ""
+    for url in [given] if isinstance(given, str) else given:  # --relay may be given several times
+        if not url.startswith("wss://"):
+            raise error("bad_usage", f"--ca is for wss:// URLs (TLS); {url or 'the URL'} is not one")
     return tls.client_context(ca)
 
 

@@ -49,6 +49,8 @@ from replica.wire import SnapshotPart
 log = logging.getLogger("replica.engine")
 
 _T = TypeVar("_T")
+#: What :meth:`Engine.publish_to` hands a write transaction's foreign deltas and snapshots to.
+Publisher = Callable[[list[Delta | Snapshot]], None]
 
 FORMAT = "1"
 
@@ -86,6 +88,9 @@ class Engine:
         self._relay_run = runs.IDLE
         self._missing_memo: dict[Any, list[Any]] | None = None
         self._spans = SpanCache()
+        #: Called with what a write transaction stored from elsewhere, before it commits (see :meth:`publish_to`).
+        self._publisher: Publisher | None = None
+        self._outgoing: list[Delta | Snapshot] = []
         try:
             if store.readonly:
                 with self._log.read() as txn:
@@ -268,6 +273,7 @@ class Engine:
             error=run.error,
             rejections=rejections,
             connected=run.connected,
+            relay=run.relay,
             retry_at=run.retry_at,
         )
 
@@ -381,8 +387,13 @@ class Engine:
         try:
             with self._log.write() as txn:
                 yield txn
+                if outermost and self._outgoing:
+                    outgoing, self._outgoing = self._outgoing, []
+                    assert self._publisher is not None
+                    self._publisher(outgoing)  # raises StorageError: then nothing of it is committed here
         except BaseException as exc:
             if outermost:
+                self._outgoing.clear()
                 self._touched.clear()
                 self._status_dirty = False
                 self._reload()
@@ -396,6 +407,24 @@ class Engine:
             self._notify_changes()
         if outermost:
             self._documents.evict()
+
+    def publish_to(self, publisher: Publisher | None) -> None:
+        """Hand every delta and snapshot that a write transaction stores from
+        elsewhere (``ingest``, ``ingest_snapshot``) to ``publisher`` before that
+        transaction commits, in the order stored: a relay sharing its log
+        (``replica.redis_log``) makes them durable there first. If it raises
+        :class:`~replica.errors.StorageError`, the transaction is abandoned and
+        nothing of it is stored here either. None: stop publishing."""
+        self._publisher = publisher
+
+    @contextmanager
+    def unpublished(self) -> Iterator[None]:
+        """Store without publishing inside (what came from the shared log itself)."""
+        publisher, self._publisher = self._publisher, None
+        try:
+            yield
+        finally:
+            self._publisher = publisher
 
     def _reload(self) -> None:
         with self._log.read() as txn:
@@ -528,6 +557,8 @@ class Engine:
             # Held only in this state from now on: what it covers, and the old snapshot's content.
             state = snapshot.data if not held else document.state()
             self._log.set_base(txn, name, claim, state)
+            if self._publisher is not None:
+                self._outgoing.append(snapshot)
             self._touched.add(name)
             self._documents.grew(name, len(snapshot.data))
         return IngestResult(brought, 0)
@@ -675,6 +706,8 @@ class Engine:
         good = run if failure is None else run[: failure[0]]
         for item in good:
             self._log.append(txn, item)
+        if good and self._publisher is not None:
+            self._outgoing.extend(good)
         if good:
             self._touched.add(name)
             self._documents.grew(name, sum(len(item.data) for item in good))

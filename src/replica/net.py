@@ -22,7 +22,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from websockets.uri import parse_uri
 
 from replica import runs, tls, wire
 from replica.engine import Engine
-from replica.errors import ErrorInfo
+from replica.errors import ErrorInfo, ReplicaError
 from replica.events import Event
 from replica.session import Limits, Session, SessionState
 from replica.status import SyncStatus
@@ -207,8 +207,11 @@ class Listener:
         *,
         process_request: ProcessRequest | None = None,
         on_commit: Callable[[int, float], None] | None = None,
+        ready: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.replica = replica
+        #: Awaited before each sync session starts (a relay of several: until its copy is up to date).
+        self._ready = ready
         self._make_session = make_session
         self._hub: Hub = _TimedHub(replica, on_event, on_commit) if on_commit is not None else Hub(replica, on_event)
         self._links: set[Link] = set()
@@ -319,6 +322,8 @@ class Listener:
             if path.startswith(prefix):
                 await handler(ws)
                 return
+        if self._ready is not None:
+            await self._ready()
         session = self._make_session()
         link = Link(ws, session, self._hub, timeout=None, handshake_timeout=HANDSHAKE_TIMEOUT)
         self._links.add(link)
@@ -369,11 +374,11 @@ class DeviceRun:
     rules (``replica.runs``): into the home screen's status when the other
     side is the relay, into that peer's when it is a peer."""
 
-    def __init__(self, replica: Engine, session: Session, *, peer: bool) -> None:
+    def __init__(self, replica: Engine, session: Session, *, peer: bool, url: str | None = None) -> None:
         self.replica = replica
         self.session = session
         self.link: Link | None = None
-        self.run, records = runs.start(runs.Facing.PEER if peer else runs.Facing.RELAY)
+        self.run, records = runs.start(runs.Facing.PEER, None) if peer else runs.start(runs.Facing.RELAY, url)
         replica.record(records)
 
     def on_event(self, session: Session, event: Event) -> None:
@@ -414,6 +419,7 @@ class DeviceRun:
             peer=run.peer,
             connected=run.connected,
             retry_at=run.retry_at,
+            relay=run.relay,
         )
 
 
@@ -440,7 +446,7 @@ async def run_link(
         trust=DeviceTrust(replica, credential, peer=peer),
         limits=limits,
     )
-    run = DeviceRun(replica, session, peer=peer)
+    run = DeviceRun(replica, session, peer=peer, url=url)
     hub = Hub(replica, run.on_event)
     try:
         secure: dict[str, Any] = {"ssl": tls} if tls is not None and url.startswith("wss://") else {}
@@ -496,9 +502,17 @@ def _connect_error(url: str, exc: BaseException, *, peer: bool) -> ErrorInfo:
     return ErrorInfo(code, f"cannot reach {who} at {url}: {exc or type(exc).__name__}", True)
 
 
+def relay_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """The relays of a sync call, in the order tried: one URL or several (failover)."""
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls:
+        raise ReplicaError("no relay URL was given", code="bad_url")
+    return urls
+
+
 async def sync_once(
     replica: Engine,
-    url: str,
+    url: str | Sequence[str],
     *,
     credential: str | None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -506,11 +520,21 @@ async def sync_once(
     limits: Limits | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> SyncStatus:
-    """One sync run; returns the final status (``SYNCED`` or ``FAILED``)."""
-    run = await run_link(
-        replica, url, credential=credential, mode="once", timeout=timeout, peer=peer, limits=limits, tls=tls
-    )
-    return run.status()
+    """One sync run; returns the final status (``SYNCED`` or ``FAILED``).
+    With several URLs (relays serving one deployment), a run that fails in
+    a way retrying can help is tried again at once with the next relay,
+    each relay once; the status names the relay of the last run."""
+    status = None
+    for each in relay_urls(url):
+        run = await run_link(
+            replica, each, credential=credential, mode="once", timeout=timeout, peer=peer, limits=limits, tls=tls
+        )
+        status = run.status()
+        if status.error is None or not status.error.retryable:
+            break
+        log.info("sync with %s failed (%s); trying the next relay", each, status.error)
+    assert status is not None
+    return status
 
 
 def backoff(
@@ -526,7 +550,7 @@ def backoff(
 
 async def sync_live(
     replica: Engine,
-    url: str,
+    url: str | Sequence[str],
     *,
     credential: str | None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -536,19 +560,27 @@ async def sync_live(
     tls: ssl.SSLContext | None = None,
 ) -> SyncStatus:
     """Stay connected and stream deltas both ways until cancelled, or until
-    an error that retrying cannot fix; reconnect after drops."""
+    an error that retrying cannot fix; reconnect after drops. With several
+    URLs, a run that ended before it caught up moves on to the next relay
+    (round and round, with the usual delays); one that had caught up tries
+    the same relay again first."""
+    urls = relay_urls(url)
     delays = backoff(cap=max_delay)
+    turn = 0
     while True:
+        each = urls[turn % len(urls)]
         run = await run_link(
-            replica, url, credential=credential, mode="live", timeout=timeout, peer=peer, limits=limits, tls=tls
+            replica, each, credential=credential, mode="live", timeout=timeout, peer=peer, limits=limits, tls=tls
         )
         session = run.session
         if session.error is not None and not session.error.retryable:
             return run.status()
         if session.completed:  # it had caught up: this is a fresh drop, start the delays over
             delays = backoff(cap=max_delay)
+        else:
+            turn += 1
         pause = next(delays)
-        log.info("live sync to %s ended (%s); reconnecting in %.1f s", url, session.error, pause)
+        log.info("live sync to %s ended (%s); reconnecting in %.1f s", each, session.error, pause)
         run.wait(time.time() + pause)
         try:
             await asyncio.sleep(pause)

@@ -15,6 +15,11 @@ the operator issued and revoked (``issued.jsonl``, ``revoked.json``: see
 Stock Yjs clients (``y-websocket``) connect to ``ws://host:port/yjs/<document>``
 (``replica.yjs_endpoint``, docs/yjs.md); devices connect to any other path.
 
+Several relays (``redis=``, ``replica relay --redis URL``): they share one
+log in Redis Streams (``replica.redis_log``, docs/scale-out.md); each keeps
+its data directory as a copy of it, and acknowledges a delta only once Redis
+holds it durably.
+
 Compaction: the relay replaces the old deltas of a document with a snapshot
 once enough follow the last one (``compact_every``), keeping the newest
 (``keep``) one by one, so that a device a little behind still gets deltas
@@ -38,6 +43,7 @@ from replica.engine import Engine
 from replica.limits import AbuseLimits
 from replica.names import new_replica_id
 from replica.net import Listener
+from replica.redis_log import Follower, SharedLog
 from replica.relay_ops import RelayOps
 from replica.session import Limits
 from replica.trust import RelayAuthority
@@ -89,8 +95,14 @@ class Relay:
         tls: ssl.SSLContext | None = None,
         abuse: AbuseLimits | None = None,
         map_size: int | None = None,
+        redis: str | None = None,
     ) -> None:
         self.data = Path(data)
+        #: ``redis://host:port/db`` of the log shared with the deployment's other relays (None: alone).
+        self.redis = redis
+        self.shared: SharedLog | None = None
+        self.follower: Follower | None = None
+        self._following: asyncio.Task[None] | None = None
         self.map_size = map_size  #: bytes of LMDB address space (None: the store's default)
         #: Rate and connection limits per connection and per device (``replica.limits``).
         self.abuse = abuse
@@ -153,11 +165,23 @@ class Relay:
         )
 
         self.compact_due()  # what grew while it was down, or before compaction existed
-        self._changed.clear()
+        try:
+            await self._join_deployment(replica)
+        except BaseException:
+            await self._leave_deployment()
+            replica.close()
+            self.replica = None
+            raise
+        self._changed = set(replica.documents()) if self.shared is not None else set()  # trimmed at the first round
         replica.on_change(self._changed.add)
         ops = self.ops = RelayOps(replica, self.authority, folder=str(self.data), limits=self.limits, abuse=self.abuse)
         listener = self._listener = Listener(
-            replica, ops.make_session, ops.on_event, process_request=ops.http, on_commit=ops.committed
+            replica,
+            ops.make_session,
+            ops.on_event,
+            process_request=ops.http,
+            on_commit=ops.committed,
+            ready=None if self.follower is None else self.follower.fresh,
         )
         ops.connections = lambda: listener.connections
         self.yjs = YjsEndpoint(replica, self.authority)
@@ -166,6 +190,7 @@ class Relay:
             await listener.start(self.host, self.port, tls=self.tls)
         except BaseException:
             await self.yjs.stop()
+            await self._leave_deployment()
             replica.close()
             self.replica = self._listener = self.ops = self.yjs = None
             raise
@@ -173,6 +198,35 @@ class Relay:
         log.info("relay %s listening on %s", self.replica_id, self.url)
         if self.compact_every is not None:
             self._compactor = asyncio.get_running_loop().create_task(self._compact_now_and_then())
+        if self.follower is not None:
+            self._following = asyncio.get_running_loop().create_task(self.follower.run())
+
+    async def _join_deployment(self, replica: Engine) -> None:
+        """With ``redis``: check Redis and this relay's identity there, add
+        what only this directory holds, read what the others stored, and
+        from now on put every delta into Redis before committing it here."""
+        if self.redis is None:
+            return
+        shared = self.shared = SharedLog(self.redis)
+        shared.connect(self.replica_id, self.public_key.raw)
+        seeded = shared.seed(replica)
+        if seeded:
+            log.info("added %d deltas and snapshots only this relay held to the shared log", seeded)
+        self.follower = Follower(shared, replica)
+        read = await self.follower.catch_up()
+        log.info("read %d entries of the shared log at %s", read, self.redis)
+        replica.publish_to(shared.publish)
+
+    async def _leave_deployment(self) -> None:
+        if self._following is not None and self.follower is not None:
+            await self.follower.stop()
+            await asyncio.gather(self._following, return_exceptions=True)
+            self._following = None
+        if self.replica is not None:
+            self.replica.publish_to(None)
+        if self.shared is not None:
+            await self.shared.aclose()
+        self.shared = self.follower = None
 
     def compact_due(self, documents: Iterable[str] | None = None) -> int:
         """Compact the documents (all by default) with more than
@@ -201,6 +255,29 @@ class Relay:
                 self._changed.update(changed)
             if replaced:
                 log.info("compacted %d deltas into snapshots", replaced)
+            await self.trim_shared(changed)
+
+    async def trim_shared(self, documents: Iterable[str] | None = None) -> int:
+        """With ``redis``: hand this relay's snapshots of ``documents`` (all
+        by default) to the shared log, which trims the entries they cover;
+        how many entries were trimmed."""
+        if self.shared is None or self.replica is None:
+            return 0
+        total = 0
+        for document in sorted(self.replica.documents() if documents is None else documents):
+            snapshot = self.replica.snapshot_for(document, {})
+            if snapshot is None:
+                continue
+            try:
+                trimmed = await self.shared.trim(snapshot)
+            except errors.ReplicaError as exc:  # Redis failed: try at the next round
+                log.warning("could not trim the shared log of %r: %s", document, exc)
+                self._changed.add(document)
+                continue
+            if trimmed:
+                log.info("trimmed %d entries of %r from the shared log", trimmed, document)
+            total += trimmed
+        return total
 
     async def stop(self) -> None:
         """Close every connection and the data directory. Everything
@@ -216,6 +293,7 @@ class Relay:
             self._listener = None
         if self.ops is not None:
             self.ops.stop()
+        await self._leave_deployment()  # after the last session: everything it stored is in Redis
         if self.replica is not None:
             self.replica.close()
             self.replica = None

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from replica import errors, net, runs
@@ -43,8 +43,9 @@ class Replica(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._sync_tasks: dict[str, asyncio.Task[SyncStatus]] = {}
-        self._live_relays: set[str] = set()  # URLs of the running live syncs with a relay
+        # Keyed by the URLs of each sync call (one, or several for failover).
+        self._sync_tasks: dict[tuple[str, ...], asyncio.Task[SyncStatus]] = {}
+        self._live_relays: set[tuple[str, ...]] = set()  # the running live syncs with a relay
 
     @classmethod
     def open(  # type: ignore[override]
@@ -89,7 +90,7 @@ class Replica(Engine):
 
     async def sync(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         credential: str | None = None,
         live: bool = False,
@@ -116,11 +117,17 @@ class Replica(Engine):
         returned status carries this run's own state and error either way.
         ``tls``: how a ``wss://`` server is verified (default: the system's
         trust store; ``replica.tls.client_context(ca)`` for a CA of your own).
+
+        ``url`` may be a list of the relays of one deployment (``replica relay
+        --redis``): a run that fails in a way retrying can help moves on to
+        the next (see ``net.sync_once``, ``net.sync_live``); ``status().relay``
+        says which one the run is talking to.
         """
-        task = self._sync_tasks.get(url)
+        key = net.relay_urls(url)
+        task = self._sync_tasks.get(key)
         if task is None or task.done():
-            task = self._start_sync(url, credential=credential, live=live, timeout=timeout, peer=peer, tls=tls)
-        elif not live and url in self._live_relays:
+            task = self._start_sync(key, credential=credential, live=live, timeout=timeout, peer=peer, tls=tls)
+        elif not live and key in self._live_relays:
             return await self._caught_up(task)
         try:
             return await asyncio.shield(task)  # a one-shot run finishes for every caller that joined it
@@ -129,24 +136,29 @@ class Replica(Engine):
                 task.cancel()  # cancelling the caller stops a live sync
             raise
 
-    async def stop_sync(self, url: str | None = None) -> None:
-        """Stop the running sync with ``url`` (every running sync if None)
+    async def stop_sync(self, url: str | Sequence[str] | None = None) -> None:
+        """Stop the running sync with ``url`` (one of its URLs, or all of them; every running sync if None)
         and return once it has ended: its link closed, and :meth:`status`
         saying where it stopped (a run that had not completed is ``FAILED``
         with ``stopped``, which retrying can fix; a live sync that had caught
         up stays ``SYNCED``)."""
-        tasks = [task for key, task in self._sync_tasks.items() if url is None or key == url]
+        wanted = None if url is None else net.relay_urls(url)
+        tasks = [
+            task
+            for key, task in self._sync_tasks.items()
+            if wanted is None or key == wanted or (len(wanted) == 1 and wanted[0] in key)
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def sync_blocking(self, url: str, **options: Any) -> SyncStatus:
+    def sync_blocking(self, url: str | Sequence[str], **options: Any) -> SyncStatus:
         """:meth:`sync` for code without an event loop."""
         return asyncio.run(self.sync(url, **options))
 
     def _start_sync(
         self,
-        url: str,
+        url: str | tuple[str, ...],
         *,
         credential: str | None,
         live: bool,
@@ -162,13 +174,14 @@ class Replica(Engine):
         else:
             credential = self.setting(GIVEN_CREDENTIAL)
         runner = net.sync_live if live else net.sync_once
+        key = net.relay_urls(url)
 
         async def run() -> SyncStatus:
             compactor = asyncio.ensure_future(self._compact_while_live()) if live and not peer else None
             try:
                 final = await runner(self, url, credential=credential, timeout=timeout, peer=peer, tls=tls)
             finally:
-                self._live_relays.discard(url)
+                self._live_relays.discard(key)
                 if compactor is not None:
                     compactor.cancel()
             if final.state is SyncState.SYNCED and final.peer is None and not self.closed:
@@ -176,9 +189,9 @@ class Replica(Engine):
             return final
 
         task = asyncio.get_running_loop().create_task(run())
-        self._sync_tasks[url] = task
+        self._sync_tasks[key] = task
         if live and not peer:
-            self._live_relays.add(url)
+            self._live_relays.add(key)
         return task
 
     async def _caught_up(self, live: asyncio.Task[SyncStatus]) -> SyncStatus:

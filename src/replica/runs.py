@@ -109,6 +109,7 @@ class Run:
     peer: str | None = None  #: the other side's replica id, when it is a device serving peers
     connected: bool = False  #: the other side welcomed this run and its link is open
     retry_at: float | None = None  #: when a live sync tries to reconnect, after this run ended
+    relay: str | None = None  #: the URL this relay-facing run connects to (of several: the one tried now)
 
     @property
     def decided(self) -> bool:
@@ -141,9 +142,9 @@ Record = RelayStatus | PeerResult
 IDLE = Run(Facing.RELAY, SyncState.IDLE)
 
 
-def start(facing: Facing) -> tuple[Run, list[Record]]:
-    """A run begins: ``SYNCING`` with no progress yet."""
-    run = Run(facing)
+def start(facing: Facing, relay: str | None = None) -> tuple[Run, list[Record]]:
+    """A run begins: ``SYNCING`` with no progress yet, toward the relay at URL ``relay`` if known."""
+    run = Run(facing, relay=relay)
     return run, _records(None, run, None)
 
 

@@ -65,6 +65,9 @@ class SyncStatus:
     connected: bool = False
     #: When a live sync whose link ended tries to reconnect (epoch seconds), else None.
     retry_at: float | None = None
+    #: The URL of the relay the current (or last) run connects to: with
+    #: several (failover), the one that answered when ``connected``.
+    relay: str | None = None
 
     @property
     def headline(self) -> Headline:
