@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import struct
+
 import pytest
 
 from replica import delta, errors
@@ -11,9 +14,47 @@ def good(data: bytes = b"\x01\x01\x02\x00\x00") -> Delta:
 
 
 def test_checksum_is_stable_and_short() -> None:
-    assert delta.checksum(b"abc") == delta.checksum(b"abc")
-    assert len(delta.checksum(b"abc")) == delta.CHECKSUM_SIZE
-    assert delta.checksum(b"abc") != delta.checksum(b"abd")
+    assert delta.checksum("d", "o", 1, b"abc") == delta.checksum("d", "o", 1, b"abc")
+    assert len(delta.checksum("d", "o", 1, b"abc")) == delta.CHECKSUM_SIZE
+    assert delta.checksum("d", "o", 1, b"abc") != delta.checksum("d", "o", 1, b"abd")
+
+
+def _spec(*fields: str | int | bytes) -> bytes:
+    """docs/protocol.md's *checksum*, written out again from the page."""
+    out = b""
+    for value in fields:
+        if isinstance(value, int):
+            out += struct.pack(">Q", value)
+        else:
+            raw = value.encode() if isinstance(value, str) else value
+            out += struct.pack(">Q", len(raw)) + raw
+    return hashlib.blake2b(out, digest_size=8).digest()
+
+
+def test_checksum_is_the_documented_rule() -> None:
+    assert delta.checksum("c7/h", "tablet-1", 5, b"\x01\x02") == _spec("delta", "c7/h", "tablet-1", 0, 5, b"\x01\x02")
+    assert delta.checksum("c7/h", "tablet-1", 9, b"\x01", 3) == _spec("delta", "c7/h", "tablet-1", 3, 9, b"\x01")
+    vv = {"b": 2, "a": 7}
+    assert delta.snapshot_checksum("c7/h", vv, b"s") == _spec("snapshot", "c7/h", 2, "a", 7, "b", 2, b"s")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"origin": "dev-b"}, {"origin": "dev-A"}, {"seq": 4}, {"document": "doc2"}, {"first": 1}],
+    ids=["origin", "origin-case", "seq", "document", "first"],
+)
+def test_a_delta_whose_identity_was_altered_fails_its_checksum(change: dict[str, object]) -> None:
+    span = delta.make("doc", "dev-a", 3, b"\x01\x01\x02\x00\x00", first=2)
+    assert reason(span._replace(**change)) == errors.REJECT_CHECKSUM  # type: ignore[arg-type]
+
+
+def test_the_encoding_cannot_be_read_two_ways() -> None:
+    """Fields are length-prefixed: moving bytes from one field to the next changes the checksum."""
+    data = b"\x01\x01\x02\x00\x00"
+    assert delta.checksum("ab", "c", 1, data) != delta.checksum("a", "bc", 1, data)
+    assert delta.checksum("d", "o", 1, data) != delta.checksum("d", "o1", 0, data)
+    assert delta.snapshot_checksum("d", {"a": 1}, data) != delta.snapshot_checksum("d", {"a": 2}, data)
+    assert delta.snapshot_checksum("d", {}, data) != delta.checksum("d", "", 0, data)
 
 
 @pytest.mark.parametrize(

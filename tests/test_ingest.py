@@ -61,8 +61,24 @@ def test_garbage_is_malformed(target: Replica) -> None:
 
 
 def test_wrong_checksum(target: Replica, deltas: list[Delta]) -> None:
-    exc = refused(target, deltas[2]._replace(checksum=delta.checksum(b"other")))
+    exc = refused(target, deltas[2]._replace(checksum=delta.checksum(DOC, "dev-a", 3, b"other")))
     assert exc.reason == errors.REJECT_CHECKSUM and not exc.retryable
+
+
+@pytest.mark.parametrize(
+    ("index", "change"),
+    [(0, {"origin": "dev-c"}), (3, {"seq": 3}), (0, {"document": "d2"})],
+    ids=["origin", "seq", "document"],
+)
+def test_a_delta_whose_identity_was_altered_is_refused(
+    target: Replica, deltas: list[Delta], index: int, change: dict[str, object]
+) -> None:
+    """Each would otherwise be the next delta of its (document, origin): a
+    phantom dev-c#1, the bytes of dev-a#4 as #3, or dev-a#1 in another document."""
+    vvs = {name: target.version_vector(name) for name in (DOC, "d2")}
+    result = target.ingest([deltas[index]._replace(**change)])  # type: ignore[arg-type]
+    assert result.rejected is not None and result.rejected.reason == errors.REJECT_CHECKSUM, result
+    assert {name: target.version_vector(name) for name in (DOC, "d2")} == vvs
 
 
 def test_out_of_order_seq_is_a_gap(target: Replica, deltas: list[Delta]) -> None:
@@ -93,7 +109,7 @@ def test_replica_id_clash(target: Replica, deltas: list[Delta]) -> None:
 
 
 def test_own_origin_from_elsewhere_is_a_clash(target: Replica, deltas: list[Delta]) -> None:
-    exc = refused(target, deltas[2]._replace(origin="dev-b", seq=1))
+    exc = refused(target, delta.make(DOC, "dev-b", 1, deltas[2].data))
     assert exc.reason == errors.REJECT_CLASH
 
 
@@ -102,6 +118,8 @@ def test_own_origin_from_elsewhere_is_a_clash(target: Replica, deltas: list[Delt
 )
 def test_invalid_fields(target: Replica, deltas: list[Delta], change: dict[str, object]) -> None:
     item = deltas[2]._replace(**change)  # type: ignore[arg-type]
+    if "document" in change or "origin" in change:  # a bad name with its own checksum: refused for the name
+        item = delta.make(item.document, item.origin, item.seq, item.data)
     result = target.ingest([item])
     assert result.rejected is not None and result.rejected.reason == errors.REJECT_INVALID
     assert target.version_vector(DOC) == {"dev-a": 2}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -31,7 +32,11 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
+import relay_process
+import replica.delta
 import replica.doc
+import test_ingest
+import test_malformed
 import test_net
 import test_redis_log
 import test_runs
@@ -588,6 +593,29 @@ def a_one_shot_call_waits_for_the_live_sync_to_end() -> Iterator[None]:
         yield
 
 
+def _bytes_only_checksum(document: str, origin: str, seq: int, data: bytes, first: int = 0) -> bytes:
+    return hashlib.blake2b(data, digest_size=replica.delta.CHECKSUM_SIZE).digest()
+
+
+#: A relay process with the same fault: the CLI run after the patch.
+_BYTES_ONLY_CLI = (
+    sys.executable,
+    "-c",
+    "import hashlib, runpy, replica.delta as d\n"
+    "d.checksum = lambda document, origin, seq, data, first=0: hashlib.blake2b(data, digest_size=8).digest()\n"
+    "runpy.run_module('replica.cli', run_name='__main__', alter_sys=True)\n",
+)
+
+
+@contextmanager
+def checksum_of_the_bytes_only() -> Iterator[None]:
+    """A delta's checksum covers its bytes alone, as before protocol version
+    4: a delta whose origin, seq or document was altered in transit passes it.
+    In this process and in the relay processes a test starts."""
+    with _patched(replica.delta, "checksum", _bytes_only_checksum), _patched(relay_process, "CLI", _BYTES_ONLY_CLI):
+        yield
+
+
 @contextmanager
 def a_cut_state_starts_over() -> Iterator[None]:
     """A sender ignores what the receiver kept of a state a dropped
@@ -638,6 +666,19 @@ def _redis_test(test: Callable[[Path], None]) -> Callable[[], None]:
     return run
 
 
+def _origin_altered_on_a_relay() -> None:
+    with tempfile.TemporaryDirectory() as path:
+        test_malformed.test_a_delta_whose_origin_was_altered_is_not_stored(Path(path))
+
+
+def _identity_altered_in_ingest() -> None:
+    for index, change in ((0, {"origin": "dev-c"}), (3, {"seq": 3}), (0, {"document": "d2"})):
+        deltas = test_ingest.source_deltas()
+        target = Replica.in_memory(replica_id="dev-b")
+        assert target.ingest(deltas[:2]).applied == 2
+        test_ingest.test_a_delta_whose_identity_was_altered_is_refused(target, deltas, index, change)
+
+
 def _resumed_state() -> None:
     with tempfile.TemporaryDirectory() as path:
         test_snapshots.test_a_state_cut_short_resumes_where_it_stopped(Path(path))
@@ -665,6 +706,8 @@ DIRECT = [
         acknowledged_without_redis,
         _redis_test(test_redis_log.test_a_failed_append_to_redis_stores_and_acknowledges_nothing),
     ),
+    (checksum_of_the_bytes_only, _origin_altered_on_a_relay),
+    (checksum_of_the_bytes_only, _identity_altered_in_ingest),
 ]
 
 

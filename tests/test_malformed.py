@@ -93,15 +93,15 @@ def _run_campaign(tmp_path: Path, count: int) -> Campaign:
         _check_after(relay, tmp_path, source, reader_token)
         relay.terminate()
     phantoms = _check_stored(tmp_path / "relay", source, source_vv)
-    print(f"malformed campaign: deltas stored under an origin no device has (a flipped origin): {phantoms}")
+    assert phantoms == {}, f"deltas stored under an origin no device has (a flipped origin): {phantoms}"
     return campaign
 
 
 def _check_stored(relay_dir: Path, source: dict[str, Any], source_vv: dict[str, dict[str, int]]) -> dict[str, int]:
     """What the relay stored: the source's documents, every delta of the
     source, and the source's content exactly. Returns the deltas stored
-    under origins that no device has (see the xfail below): copies of the
-    source's bytes, which change no content, as checked."""
+    under origins that no device has, by origin: a frame whose origin was
+    altered in transit fails its checksum (it covers the origin), so none."""
     with Replica.open(relay_dir, readonly=True) as stored:
         assert sorted(stored.documents()) == ["c7/households", "c7/notes"]
         assert _contents(stored) == source
@@ -115,13 +115,9 @@ def _check_stored(relay_dir: Path, source: dict[str, Any], source_vv: dict[str, 
         return phantoms
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a delta's checksum covers its bytes only, not (origin, seq): a frame whose origin was altered "
-    "in transit is stored under a phantom origin (its content is a copy: Yjs applies it as a no-op). "
-    "The fix is in the protocol (delta.py/wire.py/engine.py, not this issue's files)",
-)
 def test_a_delta_whose_origin_was_altered_is_not_stored(tmp_path: Path) -> None:
+    """Its checksum covers its origin: the relay refuses it (``delta_checksum``)
+    instead of storing a copy of the bytes under a phantom origin."""
     with RelayProcess(tmp_path / "relay") as relay:
         token = relay.issue("tablet-1", ["c7/*"])
         with _source(tmp_path / "tablet") as device:
@@ -133,11 +129,12 @@ def test_a_delta_whose_origin_was_altered_is_not_stored(tmp_path: Path) -> None:
         body = msgpack.unpackb(deltas, raw=False)
         body["o"] = ["phantom-" + origin for origin in body["o"]]
         altered = msgpack.packb(body, use_bin_type=True)
-        asyncio.run(attack(relay.url, [hello, altered], iter([("origin", 1, altered)]), workers=1))
+        campaign = asyncio.run(attack(relay.url, [hello, altered], iter([("origin", 1, altered)]), workers=1))
         relay.terminate()
     with Replica.open(tmp_path / "relay", readonly=True) as stored:
         origins = {origin for name in stored.documents() for origin in stored.version_vector(name)}
     assert origins == {"tablet-1"}, origins
+    assert dict(campaign.errors) == {"delta_checksum": 1}, campaign
 
 
 def test_a_campaign_of_mutated_frames(tmp_path: Path) -> None:

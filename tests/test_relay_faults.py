@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -266,6 +267,20 @@ def garbage_delta(world: BadInputWorld, case: str, origin: str, seq: int, data: 
     return Plan(hello=world.hello({document: {}}), bad=wire.encode(wire.Deltas(document, (item,))))
 
 
+def altered(world: BadInputWorld, case: str, made: dict[str, object], **sent: object) -> Plan:
+    """A valid delta of ``INTRUDER`` (seq 1 of ``households(case)`` unless
+    ``sent`` says otherwise) whose checksum was made for the identity changed
+    by ``made``: as if those fields were altered in transit after the origin
+    made it. Its bytes are intact, so only a checksum over the identity can
+    tell (version 3 stored it as sent)."""
+    data = _valid_update(case)
+    real: dict[str, Any] = {"document": households(case), "origin": INTRUDER, "seq": 1, "first": 0, **sent}
+    meant = {**real, **made}
+    check = delta.checksum(meant["document"], meant["origin"], meant["seq"], data, meant["first"])
+    item = Delta(real["document"], real["origin"], real["seq"], check, data, real["first"])
+    return Plan(hello=world.hello({item.document: {}}), bad=wire.encode(wire.Deltas(item.document, (item,))))
+
+
 def expired_token(world: BadInputWorld) -> str:
     # The CLI refuses expiry dates in the past, so sign one in-process with the relay's key.
     key = SigningKey.load_or_create(world.relay.data / KEY_FILE)
@@ -362,8 +377,12 @@ def _batch_too_large(world: BadInputWorld, case: str) -> Plan:
     return Plan(hello=world.hello({households(case): {}}), bad=msgpack.packb(body, use_bin_type=True))
 
 
-def _snapshot(world: BadInputWorld, case: str, data: bytes, check: bytes, size: int | None = None) -> Plan:
-    whole = delta.Snapshot(households(case), {INTRUDER: 1}, check, data)
+def _snapshot(
+    world: BadInputWorld, case: str, data: bytes, check: bytes | None = None, size: int | None = None
+) -> Plan:
+    whole = delta.make_snapshot(households(case), {INTRUDER: 1}, data)
+    if check is not None:
+        whole = whole._replace(checksum=check)
     part = wire.snapshot_parts(whole)[0]
     if size is not None:
         part = dataclasses.replace(part, size=size)
@@ -372,14 +391,15 @@ def _snapshot(world: BadInputWorld, case: str, data: bytes, check: bytes, size: 
 
 CASES: dict[str, Case] = {
     "snapshot-bad-checksum": Case(
-        lambda w, c: _snapshot(w, c, _valid_update(c), delta.checksum(b"other")), "delta_checksum"
+        lambda w, c: _snapshot(w, c, _valid_update(c), delta.snapshot_checksum(households(c), {INTRUDER: 1}, b"x")),
+        "delta_checksum",
     ),
     "snapshot-malformed-yjs": Case(
-        lambda w, c: _snapshot(w, c, b"\x02\x00" + b"\xff" * 48, delta.checksum(b"\x02\x00" + b"\xff" * 48)),
+        lambda w, c: _snapshot(w, c, b"\x02\x00" + b"\xff" * 48),
         "delta_malformed",
     ),
     "snapshot-too-large": Case(
-        lambda w, c: _snapshot(w, c, b"\x00\x00", delta.checksum(b"\x00\x00"), size=delta.MAX_SNAPSHOT_BYTES + 1),
+        lambda w, c: _snapshot(w, c, b"\x00\x00", size=delta.MAX_SNAPSHOT_BYTES + 1),
         "snapshot_too_large",
     ),
     "garbage-bytes": Case(lambda w, c: Plan(b"\xc1\xff\x00garbage\x93"), "bad_frame"),
@@ -392,6 +412,7 @@ CASES: dict[str, Case] = {
         "unexpected_frame",
     ),
     "version-99": Case(lambda w, c: Plan(w.hello(version=99)), "unsupported_version"),
+    "version-3": Case(lambda w, c: Plan(w.hello(version=3)), "unsupported_version"),  # before identity checksums
     "oversized-frame": Case(lambda w, c: Plan(b"\x00" * (wire.MAX_FRAME_BYTES + 1)), "frame_too_large"),
     "no-credential": Case(lambda w, c: Plan(w.hello(credential=None)), "credential_missing"),
     "garbage-credential": Case(lambda w, c: Plan(w.hello(credential="let-me-in")), "credential_invalid"),
@@ -407,9 +428,19 @@ CASES: dict[str, Case] = {
         "too_many_documents",
     ),
     "bad-checksum": Case(
-        lambda w, c: garbage_delta(w, c, INTRUDER, 1, _valid_update(c), checksum=delta.checksum(b"other")),
+        lambda w, c: garbage_delta(w, c, INTRUDER, 1, _valid_update(c), checksum=delta.checksum("x", "y", 1, b"z")),
         "delta_checksum",
         names_delta=(INTRUDER, 1),
+    ),
+    "altered-origin": Case(
+        lambda w, c: altered(w, c, {"origin": "intruder-2"}), "delta_checksum", names_delta=(INTRUDER, 1)
+    ),
+    "altered-seq": Case(lambda w, c: altered(w, c, {"seq": 2}), "delta_checksum", names_delta=(INTRUDER, 1)),
+    "altered-document": Case(
+        lambda w, c: altered(w, c, {"document": f"bad/{c}/other"}), "delta_checksum", names_delta=(INTRUDER, 1)
+    ),
+    "altered-first": Case(  # a span of seqs 2..3 whose first seq became 1: it would claim seq 1
+        lambda w, c: altered(w, c, {"first": 2}, seq=3, first=1), "delta_checksum", names_delta=(INTRUDER, 1)
     ),
     "seq-gap": Case(
         lambda w, c: garbage_delta(w, c, INTRUDER, 2, _valid_update(c)),
@@ -458,6 +489,8 @@ def test_bad_input_gets_an_error_frame_and_a_close_and_stores_nothing(
         assert error.document is not None and error.document.startswith(f"bad/{name}/"), error
     if case.panic:
         assert "PanicException" in error.message, error
+    if case.code == "unsupported_version":
+        assert "update the app or the relay" in error.message, error
     if name == "varint-bomb":
         assert outcome.seconds_to_error < 2.0, outcome
     assert world.relay.running, f"the relay died{world.relay.stderr_text()[-2000:]}"

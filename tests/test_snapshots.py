@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from replica import Replica, net, wire
-from replica.delta import Snapshot, checksum
+from replica.delta import Snapshot, make_snapshot
 from replica.engine import Engine
 from replica.errors import REJECT_CHECKSUM, REJECT_CLASH, REJECT_MALFORMED
 from replica.names import RELAY
@@ -101,8 +101,8 @@ def test_bad_states_are_refused_before_anything_is_stored(tmp_path: Path) -> Non
     with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
         good = compacted(a, 10)
         damaged = good._replace(data=good.data[:-1] + bytes([good.data[-1] ^ 1]))
-        garbage = Snapshot(DOC, {"dev-a": 10}, checksum(b"\x05\xff\xff\xff"), b"\x05\xff\xff\xff")
-        mine = good._replace(vv={"dev-a": 10, "dev-b": 3})  # claims changes dev-b never made
+        garbage = make_snapshot(DOC, {"dev-a": 10}, b"\x05\xff\xff\xff")
+        mine = make_snapshot(DOC, {"dev-a": 10, "dev-b": 3}, good.data)  # claims changes dev-b never made
         for bad, code in ((damaged, REJECT_CHECKSUM), (garbage, REJECT_MALFORMED), (mine, REJECT_CLASH)):
             result = b.ingest_snapshot(bad)
             assert result.rejected is not None and result.rejected.code == code, (code, result)
@@ -325,7 +325,7 @@ def test_a_live_device_compacts_what_the_relay_acknowledged_in_steps(
 def test_a_state_claiming_seq_0_of_an_origin_claims_nothing_of_it(tmp_path: Path) -> None:
     with Replica.open(tmp_path / "a", replica_id="dev-a") as a, Replica.open(tmp_path / "b", replica_id="dev-b") as b:
         whole = compacted(a, 5)
-        assert b.ingest_snapshot(whole._replace(vv={"dev-a": 5, "ghost": 0})).applied == 5
+        assert b.ingest_snapshot(make_snapshot(DOC, {"dev-a": 5, "ghost": 0}, whole.data)).applied == 5
         assert b.version_vector(DOC) == {"dev-a": 5} and b.documents() == [DOC]
 
 

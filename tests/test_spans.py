@@ -56,7 +56,7 @@ def test_runs_of_one_origin_become_spans_and_the_rest_stays(history: list[Delta]
         *[("writer", s, s, False) for s in range(46, 61)],
     ]
     assert sum(d.length for d in out) == len(items)
-    assert all(d.checksum == checksum(d.data) for d in out)
+    assert all(d.checksum == checksum(d.document, d.origin, d.seq, d.data, d.first) for d in out)
     gap = [*history[:10], *history[11:30]]  # seq 11 missing: two runs, not one
     assert [(d.start, d.seq) for d in spans.group(gap, spans.merge_run, shortest=10)] == [(1, 10), (12, 30)]
 

@@ -139,18 +139,21 @@ def test_deltas_share_an_origin_table() -> None:
     assert wire.decode(encoded) == wire.Deltas("d", items)
 
 
-def test_a_version_1_side_is_told_to_update() -> None:
-    """Version 2 added snapshots: an app or relay of version 1 could not read them."""
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_an_older_side_is_told_to_update(version: int) -> None:
+    """Version 2 added snapshots, 3 spans, 4 checksums over a delta's identity:
+    an app or relay of an older version could not check what it is sent."""
+    assert wire.VERSION == 4
     with pytest.raises(ProtocolError) as info:
-        wire.decode(msgpack.packb({"t": "hello", "v": 1, "id": "a", "role": "device"}))
+        wire.decode(msgpack.packb({"t": "hello", "v": version, "id": "a", "role": "device"}))
     assert info.value.code == "unsupported_version" and "update the app or the relay" in info.value.message
 
 
 def test_a_snapshot_travels_in_parts_and_is_gathered_whole() -> None:
-    from replica.delta import Snapshot, checksum
+    from replica.delta import make_snapshot
 
     data = bytes(range(256)) * 40
-    whole = Snapshot("c7/h", {"dev-a": 9}, checksum(data), data)
+    whole = make_snapshot("c7/h", {"dev-a": 9}, data)
     parts = wire.snapshot_parts(whole, max_frame_bytes=2048)
     assert len(parts) == 10 and all(len(p.data) <= 1024 for p in parts)
     gathering = wire.SnapshotParts(max_bytes=1 << 20)

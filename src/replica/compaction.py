@@ -23,7 +23,7 @@ one write transaction, so a crash leaves the old log or the new one.
 from __future__ import annotations
 
 from replica import errors
-from replica.delta import Delta, Snapshot, checksum
+from replica.delta import Delta, Snapshot, snapshot_checksum
 from replica.doc import merged_state
 from replica.log import DeltaLog
 from replica.names import check_document_name, check_replica_id
@@ -77,6 +77,6 @@ def refusal(snapshot: Snapshot, *, max_bytes: int) -> tuple[str, str] | None:
         return errors.REJECT_INVALID, str(exc)
     if len(snapshot.data) > max_bytes:
         return errors.REJECT_TOO_LARGE, f"{len(snapshot.data)} bytes, at most {max_bytes}"
-    if checksum(snapshot.data) != snapshot.checksum:
-        return errors.REJECT_CHECKSUM, "the bytes do not match their checksum (damaged in transit?)"
+    if snapshot_checksum(snapshot.document, snapshot.vv, snapshot.data) != snapshot.checksum:
+        return errors.REJECT_CHECKSUM, "its document, version vector or bytes do not match its checksum (damaged?)"
     return None

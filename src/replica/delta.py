@@ -1,18 +1,26 @@
 """Deltas and the cheap checks made on foreign ones before pycrdt sees them.
 
 A delta is the Yjs v1 update made by one committed local transaction on one
-document, identified by ``(origin, seq)`` and carrying a checksum of its bytes
+document, identified by ``(origin, seq)`` and carrying a checksum of it
 computed at the origin, since Yjs updates carry none and a mutated update may be
 accepted silently and diverge a replica for good (PYCRDT-FACTS.md).
 
+The checksum covers the delta's identity as well as its bytes: ``(document,
+origin, first, seq, data)``, each field length-prefixed (:func:`checksum`).
+Bytes alone would let a frame whose origin or seq was altered in transit be
+stored under an origin no device has, or in another delta's place.
+
 A *span* is a delta standing for a run of them: seqs ``first..seq`` of one
 origin merged into one Yjs update (``replica.spans``). It is held, sent,
-checked and acknowledged as one item; its checksum is of its merged bytes.
+checked and acknowledged as one item; its checksum is of its identity and its
+merged bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from replica import errors
@@ -67,14 +75,53 @@ class Snapshot(NamedTuple):
         return f"Snapshot({self.document!r}, {self.vv}, {len(self.data)} B)"
 
 
-def checksum(data: bytes) -> bytes:
-    """The checksum stored with every delta (BLAKE2b, 64 bits)."""
-    return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE).digest()
+_U64 = struct.Struct(">Q")
 
 
-def make(document: str, origin: str, seq: int, data: bytes) -> Delta:
-    """A new delta with its checksum."""
-    return Delta(document, origin, seq, checksum(data), data)
+def _digest(*fields: str | int | bytes) -> bytes:
+    """BLAKE2b-64 of ``fields`` in an encoding that cannot be read two ways:
+    an int as 8 bytes big-endian, a str (UTF-8) or bytes as its length in 8
+    bytes big-endian, then itself. The one place the encoding is written."""
+    digest = hashlib.blake2b(digest_size=CHECKSUM_SIZE)
+    for value in fields:
+        if isinstance(value, int):
+            digest.update(_U64.pack(value))
+            continue
+        raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        digest.update(_U64.pack(len(raw)))
+        digest.update(raw)
+    return digest.digest()
+
+
+def checksum(document: str, origin: str, seq: int, data: bytes, first: int = 0) -> bytes:
+    """The checksum of a delta, or of a span when ``first`` is set: BLAKE2b-64
+    of ``"delta", document, origin, first, seq, data`` (see :func:`_digest`).
+    Made at the origin (a span: by the relay that merged it), checked by every
+    receiver, stored with the delta; the one place the rule is written."""
+    return _digest("delta", document, origin, first, seq, data)
+
+
+def snapshot_checksum(document: str, vv: Mapping[str, int], data: bytes) -> bytes:
+    """The checksum of a snapshot: BLAKE2b-64 of ``"snapshot", document, the
+    number of origins, each ``origin, seq`` in origin order, data``. It binds
+    the version vector: a state claiming more than it holds loses data."""
+    pairs = sorted(vv.items())
+    return _digest("snapshot", document, len(pairs), *(field for pair in pairs for field in pair), data)
+
+
+def make(document: str, origin: str, seq: int, data: bytes, first: int = 0) -> Delta:
+    """A new delta (a span if ``first`` is set) with its checksum."""
+    return Delta(document, origin, seq, checksum(document, origin, seq, data, first), data, first)
+
+
+def make_snapshot(document: str, vv: Mapping[str, int], data: bytes) -> Snapshot:
+    """A snapshot of ``document`` with its checksum."""
+    return Snapshot(document, dict(vv), snapshot_checksum(document, vv, data), data)
+
+
+def matches(item: Delta) -> bool:
+    """Whether ``item``'s checksum is that of its identity and bytes."""
+    return checksum(item.document, item.origin, item.seq, item.data, item.first) == item.checksum
 
 
 def leading_varint(data: bytes) -> int | None:
@@ -120,8 +167,11 @@ def precheck(delta: Delta, *, max_bytes: int = MAX_DELTA_BYTES) -> None:
         raise reject(errors.REJECT_INVALID, "fields of the wrong type or range")
     if len(delta.data) > max_bytes:
         raise reject(errors.REJECT_TOO_LARGE, f"{len(delta.data)} bytes, at most {max_bytes} accepted")
-    if checksum(delta.data) != delta.checksum:
-        raise reject(errors.REJECT_CHECKSUM, "the bytes do not match their checksum (damaged in transit?)")
+    if not matches(delta):
+        raise reject(
+            errors.REJECT_CHECKSUM,
+            "its document, origin, seqs or bytes do not match its checksum (damaged in transit?)",
+        )
     first = leading_varint(delta.data)
     if first is None or first > len(delta.data) or len(delta.data) < 2:
         raise reject(errors.REJECT_MALFORMED, "not a Yjs update (bad header)")

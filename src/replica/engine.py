@@ -52,7 +52,11 @@ _T = TypeVar("_T")
 #: What :meth:`Engine.publish_to` hands a write transaction's foreign deltas and snapshots to.
 Publisher = Callable[[list[Delta | Snapshot]], None]
 
-FORMAT = "1"
+#: The data directory's format, in ``meta``. 2: a stored delta's checksum covers
+#: its document, origin and seqs (``replica.delta.checksum``), not only its bytes.
+FORMAT = "2"
+#: Formats this version opens, upgrading them to :data:`FORMAT` on a read-write open.
+_UPGRADES = {"1"}
 
 
 class Engine:
@@ -115,7 +119,9 @@ class Engine:
             assert stored is not None
             return stored
         found_format = self._log.get_meta(txn, "format")
-        if found_format != FORMAT:
+        if found_format in _UPGRADES and not self._log.store.readonly:
+            self._upgrade(txn, found_format)
+        elif found_format != FORMAT and found_format not in _UPGRADES:
             raise errors.DataDirError(f"data format {found_format!r} is not supported (this version reads {FORMAT!r})")
         if requested is not None and requested != stored:
             raise errors.ReplicaIdMismatch(
@@ -123,6 +129,15 @@ class Engine:
                 "open it without a replica id or use another directory"
             )
         return stored
+
+    def _upgrade(self, txn: Txn, found: str) -> None:
+        """Bring a data directory of format ``found`` to :data:`FORMAT`, in
+        the opening write transaction: a crash (even SIGKILL) leaves it as it
+        was, to be upgraded at the next open. Read-only opens read format 1 as
+        it is: they never sync, so the old checksums are never compared."""
+        rewritten = self._log.recompute_checksums(txn)
+        self._log.set_meta(txn, "format", FORMAT)
+        log.info("data format %s upgraded to %s: %d delta checksums recomputed", found, FORMAT, rewritten)
 
     @classmethod
     def open(
@@ -494,7 +509,7 @@ class Engine:
             found = self._log.base(txn, document)
         assert found is not None
         vv, data = found
-        return Snapshot(document, vv, deltas.checksum(data), data)
+        return deltas.make_snapshot(document, vv, data)
 
     def partial_snapshots(self) -> dict[str, tuple[bytes, int]]:
         """``{document: (checksum, bytes held)}`` of the snapshots whose

@@ -3,10 +3,12 @@
 Theory of operation
 -------------------
 Every delta a replica holds, local or foreign, is appended once and never
-changed. Document names and origin replica ids are interned to 4-byte numbers
-so that keys stay short. Tables (see ``replica.store``)::
+changed (but for its checksum, rewritten once by
+:meth:`DeltaLog.recompute_checksums` when a data directory of format 1 is
+upgraded: see ``replica.engine``). Document names and origin replica ids are
+interned to 4-byte numbers so that keys stay short. Tables (see ``replica.store``)::
 
-    meta        b"replica_id", b"setting.*"            -> utf-8 text
+    meta        b"replica_id", b"format", b"setting.*" -> utf-8 text
                 b"peer." + peer id                     -> msgpack {synced_at, error, to_receive}
     documents   b"n" + name | b"i" + doc               -> doc | name
     origins     b"n" + id   | b"i" + origin            -> origin | id
@@ -31,7 +33,7 @@ number has the top bit set, and its first seq follows the checksum. The index
 holds it under its last seq, so a version vector and :meth:`DeltaLog.missing`
 see it as they see a delta; its seqs before the last have no index entry of
 their own (:meth:`DeltaLog.checksum_of` answers None for all of them: a span's
-checksum is of its merged bytes, not comparable with any one delta's).
+checksum is of the span and its merged bytes, not comparable with any one delta's).
 
 ``pos`` numbers a document's deltas in the order this replica applied them.
 Replaying a document in ``pos`` order is therefore always causally valid (each
@@ -56,11 +58,13 @@ import struct
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import msgpack
 
-from replica.delta import CHECKSUM_SIZE, Delta, checksum
+from replica import delta as deltas
+from replica.delta import CHECKSUM_SIZE, Delta
 from replica.store import Store, Txn, prefix_end
 from replica.vv import VersionVector, count_missing, merge
 
@@ -69,6 +73,7 @@ _U64 = struct.Struct(">Q")
 _INDEX = struct.Struct(">IIQ")  # doc, origin, seq
 _DELTA_HEAD = struct.Struct(f">IQ{CHECKSUM_SIZE}s")  # origin, seq, checksum
 _HEAD = _DELTA_HEAD.size
+_CHECKSUM_AT = _HEAD - CHECKSUM_SIZE
 _SPAN = 0x80000000  # the origin number's flag on a span's row, whose first seq follows its head
 _SPAN_HEAD = _HEAD + 8
 _ALL = 0xFFFFFFFF  # origin number of a whole-document rejection
@@ -352,10 +357,9 @@ class DeltaLog:
     def append_next(self, txn: Txn, document: str, origin_id: str, data: bytes) -> Delta:
         """Append ``data`` as the next delta of ``origin_id`` (the local hot path)."""
         doc, origin, vv = self._slot(txn, document, origin_id)
-        seq = vv.get(origin, 0) + 1
-        check = checksum(data)
-        self._put(txn, doc, origin, vv, seq, check, data)
-        return Delta(document, origin_id, seq, check, data)
+        item = deltas.make(document, origin_id, vv.get(origin, 0) + 1, data)
+        self._put(txn, doc, origin, vv, item.seq, item.checksum, item.data)
+        return item
 
     def _slot(self, txn: Txn, document: str, origin_id: str) -> tuple[int, int, dict[int, int]]:
         doc = self._doc_ids.get(document)
@@ -387,11 +391,36 @@ class DeltaLog:
         self._next_pos[doc] = pos + 1
         vv[origin] = seq
 
+    def recompute_checksums(self, txn: Txn) -> int:
+        """Give every held delta and span the checksum of today's rule
+        (:func:`replica.delta.checksum`), and forget the snapshots still
+        arriving (kept under the old rule, they could never be resumed).
+        Returns how many rows were rewritten. For a data directory written
+        before checksums covered a delta's identity: in the caller's write
+        transaction, so a crash leaves the directory as it was."""
+        rewritten = 0
+        start = b""
+        while True:
+            # A chunk at a time, never the whole table in memory, and no write under an open cursor.
+            chunk = [(bytes(key), bytes(row)) for key, row in islice(txn.scan("deltas", start), 1024)]
+            if not chunk:
+                break
+            for key, row in chunk:
+                item = self._delta(txn, self._doc_name(txn, _U32.unpack(key[:4])[0]), row)
+                check = deltas.checksum(item.document, item.origin, item.seq, item.data, item.first)
+                if check != item.checksum:
+                    txn.put("deltas", key, row[:_CHECKSUM_AT] + check + row[_HEAD:])
+                    rewritten += 1
+            start = chunk[-1][0] + b"\x00"
+        for key, _ in list(txn.scan("partials")):
+            txn.delete("partials", key)
+        return rewritten
+
     def checksum_of(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
         """The checksum of a held delta, or None if it is not held one by one
         (not at all, or in the snapshot, or in a span)."""
         row = self._row(txn, document, origin, seq)
-        return None if row is None or row[0] & 0x80 else row[12:_HEAD]
+        return None if row is None or row[0] & 0x80 else row[_CHECKSUM_AT:_HEAD]
 
     def _row(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:
         doc = self._doc(txn, document)

@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from replica.delta import Delta, checksum
+from replica import delta as deltas
+from replica.delta import Delta
 from replica.doc import merged_run
 
 #: Shortest run of deltas a relay sends as a span.
@@ -46,7 +47,7 @@ def merge_run(run: Sequence[Delta]) -> Delta:
     merge them."""
     data = merged_run([item.data for item in run])
     last = run[-1]
-    return Delta(last.document, last.origin, last.seq, checksum(data), data, run[0].start)
+    return deltas.make(last.document, last.origin, last.seq, data, run[0].start)
 
 
 def group(

@@ -20,7 +20,7 @@ from replica.delta import CHECKSUM_SIZE, Delta, Snapshot
 from replica.errors import ReplicaError
 from replica.vv import VersionVector
 
-VERSION = 3  #: 2: snapshots (``snap`` frames); 3: spans in ``deltas`` frames
+VERSION = 4  #: 2: snapshots (``snap`` frames); 3: spans in ``deltas`` frames; 4: checksums cover identity
 
 #: Default limits; both ends announce theirs and a frame over a limit is an error.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
