@@ -42,6 +42,7 @@ import test_redis_log
 import test_runs
 import test_snapshots
 import test_trust
+from redis_process import RedisServer
 from replica import compaction, net, runs, spans, trust, wire
 from replica.delta import Delta
 from replica.doc import Document
@@ -49,7 +50,7 @@ from replica.engine import Engine
 from replica.errors import ErrorInfo, StorageError
 from replica.log import DeltaLog
 from replica.names import RELAY
-from replica.redis_log import Follower, SharedLog
+from replica.redis_log import Follower, SharedLog, SharedRevocations
 from replica.replica import Replica
 from replica.session import Incoming, Session, SessionState
 from replica.status import Progress, SyncState, SyncStatus
@@ -657,6 +658,18 @@ def acknowledged_without_redis() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def revocations_stay_on_one_relay() -> Iterator[None]:
+    """Each relay of a deployment enforces only what was revoked on its own
+    data directory (as before revocations were shared through Redis)."""
+
+    async def alone(self: SharedRevocations) -> None:
+        return None
+
+    with _patched(SharedRevocations, "refresh", alone):
+        yield
+
+
 def _redis_test(test: Callable[[Path], None]) -> Callable[[], None]:
     def run() -> None:
         with tempfile.TemporaryDirectory() as path:
@@ -664,6 +677,11 @@ def _redis_test(test: Callable[[Path], None]) -> Callable[[], None]:
 
     run.__name__ = test.__name__
     return run
+
+
+def _revocation_shared() -> None:
+    with tempfile.TemporaryDirectory() as path, RedisServer(Path(path) / "redis") as server:
+        test_redis_log.test_a_revocation_on_one_relay_holds_on_every_relay(Path(path), server)
 
 
 def _origin_altered_on_a_relay() -> None:
@@ -706,6 +724,7 @@ DIRECT = [
         acknowledged_without_redis,
         _redis_test(test_redis_log.test_a_failed_append_to_redis_stores_and_acknowledges_nothing),
     ),
+    (revocations_stay_on_one_relay, _revocation_shared),
     (checksum_of_the_bytes_only, _origin_altered_on_a_relay),
     (checksum_of_the_bytes_only, _identity_altered_in_ingest),
 ]

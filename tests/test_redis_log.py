@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from redis_process import RedisServer
-from replica import Replica, SyncState
+from replica import Replica, SyncState, registry
 from replica.errors import ReplicaError
 from replica.redis_log import SharedLog
 from replica.relay import ID_FILE, KEY_FILE, Relay
@@ -206,3 +206,29 @@ def test_a_failed_append_to_redis_stores_and_acknowledges_nothing(tmp_path: Path
                     assert one.replica.version_vector(DOC) == {"tab-a": 1}
 
         run(main)
+
+
+def test_a_revocation_on_one_relay_holds_on_every_relay(tmp_path: Path, redis_server: RedisServer) -> None:
+    async def attempt(device: Replica, url: str, token: str) -> str | None:
+        status = await device.sync(url, credential=token)
+        return None if status.error is None else status.error.code
+
+    async def main() -> None:
+        async with Relay(tmp_path / "r1", port=0, redis=redis_server.url) as one:
+            twin(tmp_path / "r1", tmp_path / "r2")
+            async with Relay(tmp_path / "r2", port=0, redis=redis_server.url) as two:
+                token = one.issue_credential("tab-a", ["c7/*"], expires_at=time.time() + HOUR)
+                with Replica.in_memory(replica_id="tab-a") as device:
+                    assert await attempt(device, two.url, token) is None
+                    registry.revoke(tmp_path / "r1", "tab-a")  # `replica relay revoke` on relay 1's directory
+                    deadline = time.monotonic() + 10
+                    while (code := await attempt(device, two.url, token)) is None and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    assert code == "credential_revoked"
+                    registry.restore(tmp_path / "r1", "tab-a")  # --undo, on relay 1 too
+                    deadline = time.monotonic() + 10
+                    while (code := await attempt(device, two.url, token)) is not None and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    assert code is None
+
+    run(main)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import ItemsView, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgpack
@@ -342,6 +342,22 @@ class SharedLog:
             await self._async.xtrim(self.key("log", document), minid=f"{ms}-{int(seq) + 1}", approximate=False)
         return trimmed
 
+    async def revocations(self, added: Mapping[str, float], removed: Iterable[str]) -> dict[str, float]:
+        """Record revocations made and taken back on one relay, and return
+        the deployment's (``replica id: when``), in one transaction."""
+        key, removed = self.key("revoked"), list(removed)
+        try:
+            pipe = self._async.pipeline(transaction=True)
+            if added:
+                pipe.hset(key, mapping=dict(added))
+            if removed:
+                pipe.hdel(key, *removed)
+            pipe.hgetall(key)
+            answers = await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return {_text(name): float(when) for name, when in answers[-1].items()}
+
     async def info(self) -> dict[str, Any]:
         """Redis's memory and CPU figures (``INFO memory``, ``INFO cpu``), for benchmarks and operators."""
         return {**await self._async.info("memory"), **await self._async.info("cpu")}
@@ -354,6 +370,46 @@ class SharedLog:
         """Close both connections."""
         await self._async.aclose()
         self._sync.close()
+
+
+class SharedRevocations(Mapping[str, float]):
+    """The revocations of a deployment: what the operator revoked on any
+    relay (``replica relay revoke --data DIR`` on that relay's directory),
+    shared through Redis (``replica:revoked``). :meth:`refresh` (every
+    second or so) pushes the changes of this relay's own file and reads the
+    others'; an undo on any relay takes the revocation back everywhere."""
+
+    def __init__(self, local: Mapping[str, float], shared: SharedLog) -> None:
+        self.local = local
+        self.shared = shared
+        self._pushed: dict[str, float] = {}
+        self._seen: dict[str, float] = {}
+
+    async def refresh(self) -> None:
+        """Push this relay's changes, then read everyone's. Raises
+        :class:`~replica.errors.StorageError` if Redis fails (the last
+        revocations read stay in force)."""
+        mine = dict(self.local.items())
+        added = {name: when for name, when in mine.items() if self._pushed.get(name) != when}
+        removed = [name for name in self._pushed if name not in mine]
+        self._seen = await self.shared.revocations(added, removed)
+        self._pushed = mine
+
+    def _current(self) -> dict[str, float]:
+        return {**self._seen, **dict(self.local.items())}
+
+    def __getitem__(self, replica_id: str) -> float:
+        return self._current()[replica_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+    def items(self) -> ItemsView[str, float]:
+        """All of them at one look (the local file is read once)."""
+        return self._current().items()
 
 
 def _inside(item: Delta | Snapshot, vv: VersionVector) -> bool:

@@ -43,7 +43,7 @@ from replica.engine import Engine
 from replica.limits import AbuseLimits
 from replica.names import new_replica_id
 from replica.net import Listener
-from replica.redis_log import Follower, SharedLog
+from replica.redis_log import Follower, SharedLog, SharedRevocations
 from replica.relay_ops import RelayOps
 from replica.session import Limits
 from replica.trust import RelayAuthority
@@ -60,6 +60,8 @@ ID_FILE = "relay.id"
 COMPACT_EVERY = 10_000
 KEEP_DELTAS = 1_000
 COMPACT_INTERVAL = 30.0
+#: Seconds between two exchanges of revocations with the other relays of a deployment.
+REVOCATIONS_INTERVAL = 1.0
 #: Default memory budget of the documents a relay keeps loaded (MB).
 DOC_CACHE_MB = 256.0
 
@@ -103,6 +105,7 @@ class Relay:
         self.shared: SharedLog | None = None
         self.follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
+        self._sharing: asyncio.Task[None] | None = None
         self.map_size = map_size  #: bytes of LMDB address space (None: the store's default)
         #: Rate and connection limits per connection and per device (``replica.limits``).
         self.abuse = abuse
@@ -215,13 +218,29 @@ class Relay:
         self.follower = Follower(shared, replica)
         read = await self.follower.catch_up()
         log.info("read %d entries of the shared log at %s", read, self.redis)
+        revocations = SharedRevocations(registry.Revocations(self.data), shared)
+        await revocations.refresh()
+        self.authority.revoked = revocations
+        self._sharing = asyncio.get_running_loop().create_task(self._share_revocations(revocations))
         replica.publish_to(shared.publish)
 
+    async def _share_revocations(self, revocations: SharedRevocations) -> None:
+        """Every :data:`REVOCATIONS_INTERVAL`: this relay's revocations out, the others' in."""
+        while True:
+            await asyncio.sleep(REVOCATIONS_INTERVAL)
+            try:
+                await revocations.refresh()
+            except errors.ReplicaError as exc:  # Redis failed: the last ones read stay in force
+                log.warning("could not share revocations: %s", exc)
+
     async def _leave_deployment(self) -> None:
-        if self._following is not None and self.follower is not None:
-            await self.follower.stop()
-            await asyncio.gather(self._following, return_exceptions=True)
-            self._following = None
+        tasks = [task for task in (self._sharing, self._following) if task is not None]
+        if self._sharing is not None:
+            self._sharing.cancel()
+        if self.follower is not None:
+            await self.follower.stop()  # closes the connections: no read of either task stays blocked
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sharing = self._following = None
         if self.replica is not None:
             self.replica.publish_to(None)
         if self.shared is not None:
