@@ -6,6 +6,7 @@ Real processes on 127.0.0.1 (``relay_process``, ``redis_process``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,3 +149,28 @@ def test_redis_killed_during_a_sync_fails_it_retryably_and_loses_nothing(tmp_pat
                 status = reader.sync_blocking(two.url, credential=other, timeout=20)
                 assert status.state is SyncState.SYNCED, status.error
                 assert contents(reader) == contents(device)
+
+
+def test_health_says_503_while_redis_is_down(tmp_path: Path) -> None:
+    """No upload needed: the health probe asks Redis too."""
+    from test_relay_http import get
+
+    with RedisServer(tmp_path / "redis") as server:
+        one = RelayProcess(tmp_path / "r1", "--redis", server.url).start()
+        with one:
+            health = one.url.replace("ws://", "http://") + "/health"
+
+            def wait_for(status: int) -> str:
+                deadline = time.monotonic() + 15
+                while True:
+                    found, _, body = get(health)
+                    if found == status or time.monotonic() > deadline:
+                        assert found == status, body
+                        return body
+                    time.sleep(0.25)
+
+            wait_for(200)
+            server.kill()
+            assert "Redis" in wait_for(503)
+            server.start()
+            wait_for(200)

@@ -211,6 +211,14 @@ class SharedLog:
             )
         self.deployment = _text(deployment)
 
+    def ping(self) -> None:
+        """Check that Redis answers (the relay's health probe); raises
+        :class:`~replica.errors.StorageError` if not."""
+        try:
+            self._sync.ping()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
     def publish(self, items: list[Delta | Snapshot]) -> None:
         """Append what a relay's write transaction stored, before it commits
         (``Engine.publish_to``). Raises :class:`~replica.errors.StorageError`

@@ -187,6 +187,8 @@ class Relay:
             ready=None if self.follower is None else self.follower.fresh,
         )
         ops.connections = lambda: listener.connections
+        if self.shared is not None:
+            ops.shared_check = self.shared.ping
         self.yjs = YjsEndpoint(replica, self.authority)
         listener.route(YJS_PREFIX, self.yjs.serve)
         try:

@@ -77,6 +77,8 @@ class RelayOps:
             documents_loaded=lambda: float(len(engine.loaded()[0])) if not engine.closed else 0.0,
             devices_recent=lambda: float(self.devices.seen_within(DAY, time.time())),
         )
+        #: Raises if the log shared with other relays cannot take writes (a relay of several sets it).
+        self.shared_check: Callable[[], None] | None = None
         self.health = Health(self._probe, self.metrics.storage_failures.inc)
         self.http = RelayHTTP(self.metrics, self.health, self._describe)
         self._flusher: asyncio.Task[None] | None = None
@@ -177,6 +179,8 @@ class RelayOps:
         if self.engine.closed:
             raise ReplicaError("the relay is stopping", code="stopping")
         self.engine.set_setting(PROBE_SETTING, value)
+        if self.shared_check is not None:
+            self.shared_check()
 
     def _describe(self) -> dict[str, object]:
         return {"replica_id": self.authority.replica_id, "links": self._open}
