@@ -208,6 +208,13 @@ def test_demo_plays_the_field_day_to_data_synced(tmp_path: Path, browser: Any) -
                 expect(frame.locator("#card-title")).to_have_text("Data Synced")
                 expect(frame.locator("#card-count")).to_have_text("0")
             expect(page.locator("#steps li.done")).to_have_count(9)
+            # The relay's devices view (`replica relay devices`): each device, its last sync, its credential.
+            known = page.locator("#known tr")
+            expect(known).to_have_count(3)
+            for name in ("amina", "bello", "chidi"):
+                row = known.filter(has_text=name)
+                expect(row).to_contain_text("s ago")
+                expect(row).to_contain_text("expires in")
             lines = demo.terminate()
         assert "Field day done: every device shows Data Synced" in lines
         assert any("Relay outage during a sync: Sync Failed" in line for line in lines)

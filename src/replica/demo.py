@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from replica.devices import view as devices_seen
 from replica.engine import Engine
 from replica.errors import ReplicaError
 from replica.peer import PeerServer
@@ -260,8 +261,24 @@ class Demo:
                     "title": self.catalog.text(f"headline.{status.headline.name.lower()}"),
                 }
             )
+        if self.relay is not None and self.relay.ops is not None:
+            self.relay.ops.devices.flush()  # what `replica relay devices` reads (written only if it changed)
+        known = devices_seen(self.data / "relay", stale=DAY) if (self.data / "relay").exists() else []
         return {
             "relay": {"up": self.relay is not None, "url": self.relay_url, "replica_id": self.relay_id},
+            "known": [  # the relay's devices view: who synced when, with what outcome, on what credential
+                {
+                    "replica_id": row["replica_id"],
+                    "last_contact": row["last_contact"],
+                    "outcome": row["last_outcome"],
+                    "code": row["last_code"],
+                    "expires_at": row["credential_expires_at"],
+                    "expired": row["credential_expired"],
+                    "revoked": row["revoked"],
+                }
+                for row in known
+            ],
+            "now": time.time(),
             "devices": devices,
             "all_synced": bool(self.devices) and self.all_synced(),
             "steps": [

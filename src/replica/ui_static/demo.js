@@ -85,6 +85,34 @@ function render(v) {
     );
     return tr;
   }));
+  showKnown(v);
+}
+
+function ago(seconds) {
+  if (seconds < 60) return `${Math.max(0, Math.round(seconds))} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  return `${Math.round(seconds / 3600)} h ago`;
+}
+
+function credential(row, now) {
+  if (row.revoked) return "revoked";
+  if (row.expires_at === null) return "none issued";
+  if (row.expired) return "expired";
+  return `expires in ${Math.round((row.expires_at - now) / 3600)} h`;
+}
+
+function showKnown(v) {
+  $("known").replaceChildren(...v.known.map((row) => {
+    const tr = document.createElement("tr");
+    const outcome = row.outcome === null ? "never" : row.code ? `${row.outcome} (${row.code})` : row.outcome;
+    tr.append(
+      cell(row.replica_id),
+      cell(row.last_contact === null ? "never" : ago(v.now - row.last_contact)),
+      cell(outcome, row.code ? "failed" : ""),
+      cell(credential(row, v.now), row.revoked || row.expired ? "failed" : ""),
+    );
+    return tr;
+  }));
 }
 
 $("step").addEventListener("click", () => press("demo/step"));
