@@ -35,6 +35,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from replica import errors, registry
 from replica.compacting import compact_due_in_steps
@@ -43,12 +44,14 @@ from replica.engine import Engine
 from replica.limits import AbuseLimits
 from replica.names import new_replica_id
 from replica.net import Listener
-from replica.redis_log import Follower, SharedLog, SharedRevocations
 from replica.relay_ops import RelayOps
 from replica.session import Limits
 from replica.trust import RelayAuthority
 from replica.yjs_endpoint import PREFIX as YJS_PREFIX
 from replica.yjs_endpoint import YjsEndpoint
+
+if TYPE_CHECKING:  # imported when a relay joins a deployment: one relay alone needs no redis package
+    from replica.redis_log import Follower, SharedLog, SharedRevocations
 
 log = logging.getLogger("replica.relay")
 
@@ -212,6 +215,12 @@ class Relay:
         from now on put every delta into Redis before committing it here."""
         if self.redis is None:
             return
+        try:
+            from replica.redis_log import Follower, SharedLog, SharedRevocations
+        except ImportError as exc:
+            raise errors.ReplicaError(
+                f"--redis needs the redis package ({exc}): pip install 'replica[redis]'", code="redis_not_installed"
+            ) from None
         shared = self.shared = SharedLog(self.redis)
         shared.connect(self.replica_id, self.public_key.raw)
         seeded = shared.seed(replica)
