@@ -675,9 +675,8 @@ async def _paced(count: int, rate: float, write: Callable[[int], None]) -> float
     loop = asyncio.get_running_loop()
     start = loop.time()
     for k in range(count):
-        delay = start + k / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # Always yield, even when behind schedule: the writer's own live sync runs in this loop.
+        await asyncio.sleep(max(0.0, start + k / rate - loop.time()))
         write(k)
     return count / (loop.time() - start) if count > 1 else rate
 

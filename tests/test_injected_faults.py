@@ -648,11 +648,12 @@ def acknowledged_without_redis() -> Iterator[None]:
     failed to append (the append's failure is logged, not raised)."""
     publish = SharedLog.publish
 
-    def careless(self: SharedLog, items: list[Any]) -> None:
+    def careless(self: SharedLog, items: list[Any]) -> dict[str, tuple[str, str]]:
         try:
-            publish(self, items)
+            return publish(self, items)
         except StorageError as exc:
             logging.getLogger("replica.redis_log").warning("%s", exc)
+            return {}
 
     with _patched(SharedLog, "publish", careless):
         yield

@@ -68,6 +68,9 @@ def test_a_delta_uploaded_through_one_relay_reaches_a_device_of_another(
                     assert status.state is SyncState.SYNCED and writer.status().unsynced == 0
                     assert two.replica is not None
                     await until(lambda: two.replica is not None and two.replica.version_vector(DOC) == {"tab-a": 30})
+                    assert two.follower is not None and two.follower.entries == 30
+                    # Relay 1 moved its read position past its own appends: it reads nothing back.
+                    assert one.follower is not None and one.follower.entries == 0
                     status = await reader.sync(two.url, credential=reader_token)
                     assert status.state is SyncState.SYNCED
                     assert records(reader) == records(writer)

@@ -63,7 +63,8 @@ TIMEOUT = 5.0
 # KEYS: log stream, tops hash, sums hash, docs set, feed stream.
 # ARGV: document, feed maxlen, then items, each "d" origin start seq checksum entry
 # (checksum "" for a span) or "s" n origin1 seq1 ... originN seqN entry.
-# Checks every item first, then writes: a refused call writes nothing.
+# Checks every item first, then writes: a refused call writes nothing. Answers the
+# stream's last id before and after its writes (the appending relay's read position).
 _APPEND = """
 local tops = {}
 local function top(origin)
@@ -102,8 +103,11 @@ while i <= #ARGV do
     i = i + 3 + 2 * n
   end
 end
+local before = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+before = before[1] and before[1][1] or '0-0'
+local last = before
 for _, w in ipairs(writes) do
-  if w[1] then redis.call('XADD', KEYS[1], '*', 'e', w[1]) end
+  if w[1] then last = redis.call('XADD', KEYS[1], '*', 'e', w[1]) end
   local r = w[2]
   if r then
     redis.call('HSET', KEYS[2], r[1], r[2])
@@ -114,7 +118,7 @@ if #writes > 0 then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[1])
 end
-return {'ok', #writes}
+return {'ok', #writes, before, last}
 """
 
 # KEYS: snapshot hash. ARGV: vv (msgpack), checksum, data. Stores the snapshot
@@ -219,11 +223,12 @@ class SharedLog:
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
-    def publish(self, items: list[Delta | Snapshot]) -> None:
+    def publish(self, items: list[Delta | Snapshot]) -> dict[str, tuple[str, str]]:
         """Append what a relay's write transaction stored, before it commits
-        (``Engine.publish_to``). Raises :class:`~replica.errors.StorageError`
-        if Redis fails or its log holds something else under one of these
-        seqs (another relay got there first: the retry sees it)."""
+        (``Engine.publish_to``); ``{document: (the stream's last id before,
+        after)}``. Raises :class:`~replica.errors.StorageError` if Redis fails
+        or its log holds something else under one of these seqs (another
+        relay got there first: the retry sees it)."""
         by_document: dict[str, list[Delta | Snapshot]] = {}
         for item in items:
             by_document.setdefault(item.document, []).append(item)
@@ -244,6 +249,7 @@ class SharedLog:
             answers = pipe.execute()
         except RedisError as exc:
             raise _unavailable(exc) from exc
+        moved: dict[str, tuple[str, str]] = {}
         for document, answer in zip(by_document, answers, strict=True):
             if _text(answer[0]) != "ok":
                 what, origin, seq = _text(answer[0]), _text(answer[1]), int(answer[2])
@@ -251,6 +257,8 @@ class SharedLog:
                     f"the shared log holds other deltas of {origin!r} in {document!r} ({what} at seq {seq}); "
                     "another relay stored them first, and a retry will see them"
                 )
+            moved[document] = (_text(answer[2]), _text(answer[3]))
+        return moved
 
     def seed(self, engine: Engine) -> int:
         """Append what ``engine`` holds and the shared log lacks (a relay that
@@ -477,6 +485,16 @@ class Follower:
             log.warning("serving a device without knowing whether this copy is complete: %s", exc or "timed out")
             return False
         return True
+
+    def publish(self, items: list[Delta | Snapshot]) -> None:
+        """``Engine.publish_to`` of a relay of several: :meth:`SharedLog.publish`,
+        then, in the same transaction, this copy's read position moves past
+        its own appends where nothing came between (so that the follower does
+        not read back what this relay just appended)."""
+        for document, (before, after) in self.shared.publish(items).items():
+            name = self._cursor_name(document)
+            if (self.engine.setting(name) or "0-0") == before and after != before:
+                self.engine.set_setting(name, after)
 
     def _cursor_name(self, document: str) -> str:
         return f"redis.{self.shared.deployment}.{document}"

@@ -233,7 +233,7 @@ class Relay:
         await revocations.refresh()
         self.authority.revoked = revocations
         self._sharing = asyncio.get_running_loop().create_task(self._share_revocations(revocations))
-        replica.publish_to(shared.publish)
+        replica.publish_to(self.follower.publish)
 
     async def _share_revocations(self, revocations: SharedRevocations) -> None:
         """Every :data:`REVOCATIONS_INTERVAL`: this relay's revocations out, the others' in."""
