@@ -235,3 +235,28 @@ def test_a_revocation_on_one_relay_holds_on_every_relay(tmp_path: Path, redis_se
                     assert code is None
 
     run(main)
+
+
+def test_a_long_stream_is_trimmed_behind_the_whole_state(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Over ``shared_tail`` entries, Redis gets the document's whole state and
+    keeps none of the entries it covers; a cold relay then starts from it."""
+
+    async def main() -> None:
+        with Replica.in_memory(replica_id="tab-a") as writer:
+            async with Relay(tmp_path / "r1", port=0, redis=redis_server.url, shared_tail=50) as one:
+                token = one.issue_credential("tab-a", ["c7/*"], expires_at=time.time() + HOUR)
+                for n in range(200):
+                    writer.doc(DOC).records("hh").put(f"h{n % 50}", {"n": n})
+                assert (await writer.sync(one.url, credential=token)).state is SyncState.SYNCED
+                assert await one.trim_shared() == 200  # nothing compacted on the relay: its whole state
+                shared = SharedLog(redis_server.url)
+                snapshot, tail = await shared.read(DOC, "0-0")
+                assert await shared.length(DOC) == 0
+                await shared.aclose()
+                assert snapshot is not None and snapshot.vv == {"tab-a": 200} and tail == []
+                twin(tmp_path / "r1", tmp_path / "r2")
+                async with Relay(tmp_path / "r2", port=0, redis=redis_server.url) as two:
+                    assert two.replica is not None and two.replica.version_vector(DOC) == {"tab-a": 200}
+                    assert dict(two.replica.doc(DOC).records("hh").items()) == records(writer)
+
+    run(main)

@@ -511,6 +511,14 @@ class Engine:
         vv, data = found
         return deltas.make_snapshot(document, vv, data)
 
+    def state_snapshot(self, document: str) -> Snapshot:
+        """The whole state of ``document`` now, as a snapshot standing for
+        every delta it holds (what a relay of several hands the shared log)."""
+        self._check_open()
+        with self._log.read() as txn:
+            vv = self._log.version_vector(txn, document)
+        return deltas.make_snapshot(document, vv, self.doc(document).state())
+
     def partial_snapshots(self) -> dict[str, tuple[bytes, int]]:
         """``{document: (checksum, bytes held)}`` of the snapshots whose
         transfer a dropped connection cut: told to the other side at the

@@ -374,6 +374,13 @@ class SharedLog:
             raise _unavailable(exc) from exc
         return {_text(name): float(when) for name, when in answers[-1].items()}
 
+    async def length(self, document: str) -> int:
+        """How many entries the document's stream holds."""
+        try:
+            return int(await self._async.xlen(self.key("log", document)))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
     async def info(self) -> dict[str, Any]:
         """Redis's memory and CPU figures (``INFO memory``, ``INFO cpu``), for benchmarks and operators."""
         return {**await self._async.info("memory"), **await self._async.info("cpu")}

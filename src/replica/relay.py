@@ -63,6 +63,9 @@ ID_FILE = "relay.id"
 COMPACT_EVERY = 10_000
 KEEP_DELTAS = 1_000
 COMPACT_INTERVAL = 30.0
+#: A relay of several hands Redis a document's whole state once its stream holds more than
+#: this many entries (else its compacted snapshot, if any): Redis memory against AOF writes.
+SHARED_TAIL = 2_000
 #: Seconds between two exchanges of revocations with the other relays of a deployment.
 REVOCATIONS_INTERVAL = 1.0
 #: Default memory budget of the documents a relay keeps loaded (MB).
@@ -101,10 +104,13 @@ class Relay:
         abuse: AbuseLimits | None = None,
         map_size: int | None = None,
         redis: str | None = None,
+        shared_tail: int = SHARED_TAIL,
     ) -> None:
         self.data = Path(data)
         #: ``redis://host:port/db`` of the log shared with the deployment's other relays (None: alone).
         self.redis = redis
+        #: A document's stream longer than this is trimmed behind its whole state (see :meth:`trim_shared`).
+        self.shared_tail = shared_tail
         self.shared: SharedLog | None = None
         self.follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
@@ -290,15 +296,22 @@ class Relay:
     async def trim_shared(self, documents: Iterable[str] | None = None) -> int:
         """With ``redis``: hand this relay's snapshots of ``documents`` (all
         by default) to the shared log, which trims the entries they cover;
-        how many entries were trimmed."""
+        how many entries were trimmed. A document whose stream holds more
+        than :attr:`shared_tail` entries is handed its whole state (so that
+        Redis keeps at most about that many entries of it); another, its
+        compacted snapshot, if it has one."""
         if self.shared is None or self.replica is None:
             return 0
         total = 0
         for document in sorted(self.replica.documents() if documents is None else documents):
-            snapshot = self.replica.snapshot_for(document, {})
-            if snapshot is None:
-                continue
             try:
+                if await self.shared.length(document) > self.shared_tail:
+                    snapshot = self.replica.state_snapshot(document)
+                else:
+                    found = self.replica.snapshot_for(document, {})
+                    if found is None:
+                        continue
+                    snapshot = found
                 trimmed = await self.shared.trim(snapshot)
             except errors.ReplicaError as exc:  # Redis failed: try at the next round
                 log.warning("could not trim the shared log of %r: %s", document, exc)
