@@ -310,16 +310,23 @@ class SharedLog:
                 return position, None
         return position, names
 
-    async def read(self, document: str, after: str) -> tuple[Snapshot | None, list[tuple[str, Delta | Snapshot]]]:
-        """The stored snapshot of ``document`` and up to :data:`READ_COUNT`
-        entries after stream id ``after``, read at one point in time (a
-        trim between the two would hide entries from the reader)."""
+    async def read(
+        self, document: str, after: str, held: VersionVector | None = None
+    ) -> tuple[Snapshot | None, list[tuple[str, Delta | Snapshot]]]:
+        """The stored snapshot of ``document`` unless ``held`` (the reader's
+        version vector) covers it, and up to :data:`READ_COUNT` entries after
+        stream id ``after``. The snapshot's version vector and the entries
+        are read at one point in time (a trim between the two would hide
+        entries); its state, which may be megabytes, only when it is needed
+        (a newer snapshot read then covers the older one)."""
+        snap = self.key("snap", document)
         pipe = self._async.pipeline(transaction=True)
-        pipe.hgetall(self.key("snap", document))
+        pipe.hget(snap, "vv")
         pipe.xrange(self.key("log", document), min=f"({after}" if after != "0-0" else "-", count=READ_COUNT)
-        stored, entries = await pipe.execute()
+        vv, entries = await pipe.execute()
         snapshot = None
-        if stored:
+        if vv is not None and (held is None or not covers(held, dict(msgpack.unpackb(vv)))):
+            stored = await self._async.hgetall(snap)
             snapshot = Snapshot(document, dict(msgpack.unpackb(stored[b"vv"])), stored[b"checksum"], stored[b"data"])
         return snapshot, [(_text(entry_id), decode(document, fields[b"e"])) for entry_id, fields in entries]
 
@@ -521,7 +528,7 @@ class Follower:
 
     async def _read_once(self, document: str) -> int:
         after = self.engine.setting(self._cursor_name(document)) or "0-0"
-        snapshot, entries = await self.shared.read(document, after)
+        snapshot, entries = await self.shared.read(document, after, self.engine.version_vector(document))
         engine = self.engine
         with engine.unpublished(), engine.batch():
             if snapshot is not None and not covers(engine.version_vector(document), snapshot.vv):
