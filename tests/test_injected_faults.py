@@ -391,6 +391,24 @@ def span_claims_more_than_it_holds() -> Iterator[None]:
 
 
 @contextmanager
+def a_window_taken_for_the_whole_backlog() -> Iterator[None]:
+    """A session reads its backlog from the log a window at a time, but
+    takes the first window it reads of a document for all of it: what it
+    counted and did not read is taken as queued, so it is never sent on
+    that link, and ``done`` goes out while the other side still lacks it."""
+    refill = Session._refill
+
+    def whole(self: Session, document: str) -> None:
+        refill(self, document)
+        state = self._docs.get(document)
+        if state is not None:
+            merge(state.queued, state.counted)
+
+    with _patched(Session, "_refill", whole):
+        yield
+
+
+@contextmanager
 def compaction_drops_unacknowledged_own_deltas() -> Iterator[None]:
     """A device's compaction also drops its own deltas the relay has not
     acknowledged, without putting them in its snapshot."""
@@ -574,6 +592,7 @@ FAULTS = [
     snapshot_claims_more_than_it_holds,
     compaction_drops_unacknowledged_own_deltas,
     span_claims_more_than_it_holds,
+    a_window_taken_for_the_whole_backlog,
 ]
 
 

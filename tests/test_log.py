@@ -105,6 +105,12 @@ class LogMachine(RuleBasedStateMachine):
                     assert self.log.watermark(txn, remote, document) == {o: s for o, s in mark.items() if s}
                     expected = [i for i in items if i.seq > mark.get(i.origin, 0)]
                     assert self.log.missing(txn, document, mark) == expected
+                    for most in (1, 2, 5):  # a bounded read is the prefix of the same order
+                        assert self.log.missing(txn, document, mark, most=most) == expected[:most]
+                    if expected:
+                        first = len(expected[0].data)
+                        assert self.log.missing(txn, document, mark, most_bytes=first) == expected[:1]
+                        assert self.log.missing(txn, document, mark, most=3, most_bytes=1) == expected[:1]
             for remote in ("relay", "peer-1"):
                 expected_unsynced = sum(
                     1

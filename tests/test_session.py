@@ -260,6 +260,69 @@ def test_no_completion_while_something_is_missing(device: Replica, relay: Replic
     assert not link.device.completed and not link.relay.completed
 
 
+def test_a_backlog_is_read_a_window_at_a_time_and_counted_whole(device: Replica, relay: Replica) -> None:
+    for name in ("dev-b", "dev-c", "dev-d"):  # three origins, their deltas interleaved in the relay's log
+        other = Replica.in_memory(replica_id=name)
+        for _ in range(4):
+            fill(other, 50, DOC)
+            relay.ingest(other.missing_deltas(DOC, relay.version_vector(DOC)))
+    fill(device, 30)
+    reads: list[int] = []
+    missing = relay.missing_deltas
+
+    def bounded(document: str, remote: dict[str, int], **bounds: int) -> list[object]:
+        found = missing(document, remote, **bounds)
+        reads.append(len(found))
+        return found  # type: ignore[return-value]
+
+    relay.missing_deltas = bounded  # type: ignore[method-assign]
+    limits = Limits(pending_deltas=7, pending_bytes=10_000, window=2)
+    link = Wire(device, relay, limits=limits)
+    link.run(2000)
+    connected = link.of("relay", Connected)[0]
+    assert isinstance(connected, Connected) and connected.to_send == 600  # counted at the handshake, nothing read
+    assert max(reads) <= 7 and len(reads) >= 600 // 7
+    assert link.relay.sent == link.relay.to_send == 600
+    assert link.device.sent == link.device.to_send == 30
+    assert device.version_vector(DOC) == relay.version_vector(DOC)
+    assert link.of("device", Completed) and link.of("relay", Completed)
+    down = [wire.decode(f) for name, f in link.in_flight if name == "down"]
+    dones = [i for i, f in enumerate(down) if isinstance(f, wire.Done)]
+    last_deltas = max(i for i, f in enumerate(down) if isinstance(f, wire.Deltas))
+    assert dones == [last_deltas + 1]  # ``done`` once, after the last window
+
+
+def test_a_window_of_bytes_bounds_what_is_read(device: Replica, relay: Replica) -> None:
+    fill(relay, 200)  # about 80 bytes a delta
+    link = Wire(device, relay, limits=Limits(pending_bytes=500))
+    pending: list[int] = []
+    refill = link.relay._refill
+
+    def watched(document: str) -> None:
+        refill(document)
+        pending.append(len(link.relay._docs[document].pending))
+
+    link.relay._refill = watched  # type: ignore[method-assign]
+    link.run()
+    assert link.device.completed and device.version_vector(DOC) == {"relay-1": 200}
+    assert max(pending) <= 7 and link.relay.sent == link.relay.to_send == 200
+
+
+def test_live_links_read_new_deltas_after_the_window_in_order(device: Replica, relay: Replica) -> None:
+    fill(relay, 40)
+    link = Wire(device, relay, mode="live", limits=Limits(pending_deltas=3, window=1))
+    link.device.start(0.0)
+    link.step()
+    link.step()  # the first window is on its way
+    fill(relay, 40)  # committed meanwhile: counted now, read after what was counted before
+    link.relay.local_changed(DOC, 0.0)
+    while link.step():
+        pass
+    assert device.version_vector(DOC) == {"relay-1": 80}
+    assert link.relay.sent == link.relay.to_send == 80
+    assert device.doc(DOC).records("r").get("relay-1-39") is not None
+
+
 def test_live_mode_streams_new_deltas_and_opens_new_documents(device: Replica, relay: Replica) -> None:
     link = Wire(device, relay, mode="live")
     link.run()

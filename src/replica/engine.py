@@ -487,12 +487,16 @@ class Engine:
         with self._log.read() as txn:
             return self._log.checksum_of(txn, document, origin, seq)
 
-    def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]:
+    def missing_deltas(
+        self, document: str, remote: Mapping[str, int], *, most: int | None = None, most_bytes: int | None = None
+    ) -> list[Delta]:
         """The deltas of ``document`` that a replica holding version vector
-        ``remote`` lacks, in an order it can apply them."""
+        ``remote`` lacks, in an order it can apply them; with ``most`` or
+        ``most_bytes``, only the first of them (a prefix of that order, which
+        it can apply as it is: see ``DeltaLog.missing``)."""
         self._check_open()
         with self._log.read() as txn:
-            return self._log.missing(txn, document, remote, self._missing_memo)
+            return self._log.missing(txn, document, remote, self._missing_memo, most=most, most_bytes=most_bytes)
 
     def span_of(self, run: Sequence[Delta]) -> Delta:
         """``run`` (adjacent deltas of one origin, contiguous seqs) as one

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -451,26 +451,61 @@ class DeltaLog:
             yield row[_SPAN_HEAD:] if row[0] & 0x80 else row[_HEAD:]
 
     def missing(
-        self, txn: Txn, document: str, remote: Mapping[str, int], memo: dict[Any, list[Any]] | None = None
+        self,
+        txn: Txn,
+        document: str,
+        remote: Mapping[str, int],
+        memo: dict[Any, list[Any]] | None = None,
+        *,
+        most: int | None = None,
+        most_bytes: int | None = None,
     ) -> list[Delta]:
         """The deltas of ``document`` not covered by ``remote`` (a version
         vector) nor by the snapshot, in applied order, so per-origin seq order
         and causality hold. (What the snapshot covers and ``remote`` lacks
         goes as the snapshot: see :meth:`base`.)
 
+        ``most`` and ``most_bytes`` bound the answer to a prefix of that
+        order: at most ``most`` deltas, and no more once their bytes reach
+        ``most_bytes`` (at least one is given). Every delta a delta of the
+        prefix depends on comes before it in applied order, so it is held by
+        ``remote`` or in the prefix too: a prefix can be sent on its own, and
+        the rest is what ``remote`` plus the prefix lacks. Bounded, only the
+        prefix is read (the runs of every origin are merged lazily, by
+        ``pos`` from the index), whatever the backlog.
+
         ``memo``, kept by the caller while nothing commits, keeps each
         origin's run ``(pos, delta)`` read: a relay fanning one commit out to
-        links at different points reads each new delta once, not once a link."""
+        links at different points reads each new delta once, not once a link.
+        A bounded read uses it only when the whole answer fits the bound."""
         doc = self._doc(txn, document)
         if doc is None:
             return []
-        runs: list[list[tuple[bytes, Delta]]] = []
         base = self._base_numbers(txn, doc)
-        prefix = _U32.pack(doc)
+        wanted: list[tuple[int, int, int]] = []  # origin, have, held
         for origin, held in self._cached_vv(txn, doc).items():
             have = max(remote.get(self._origin_name(txn, origin), 0), base.get(origin, 0))
-            if have >= held:
-                continue
+            if have < held:
+                wanted.append((origin, have, held))
+        if most is None or sum(held - have for _, have, held in wanted) <= most:
+            found = self._whole_runs(txn, document, doc, wanted, memo)
+        else:
+            found = self._prefix(txn, document, doc, wanted, most)
+        if most_bytes is None:
+            return found
+        size = 0
+        for count, item in enumerate(found):
+            size += len(item.data)
+            if size >= most_bytes:
+                return found[: count + 1]
+        return found
+
+    def _whole_runs(
+        self, txn: Txn, document: str, doc: int, wanted: list[tuple[int, int, int]], memo: dict[Any, list[Any]] | None
+    ) -> list[Delta]:
+        runs: list[list[tuple[bytes, Delta]]] = []
+        prefix = _U32.pack(doc)
+        for origin, have, held in wanted:
             key = (doc, origin, have, held)
             found = None if memo is None else memo.get(key)
             if found is None:
@@ -487,6 +522,29 @@ class DeltaLog:
         if len(runs) == 1:
             return [item for _, item in runs[0]]
         return [item for _, item in heapq.merge(*runs, key=_first)]
+
+    def _prefix(self, txn: Txn, document: str, doc: int, wanted: list[tuple[int, int, int]], most: int) -> list[Delta]:
+        """The first ``most`` of the deltas ``wanted`` in applied order: the
+        per-origin index runs merged by ``pos`` (a big-endian number, so bytes
+        compare as numbers), reading only the rows taken."""
+        scans = [
+            txn.scan("index", _INDEX.pack(doc, origin, have + 1), _INDEX.pack(doc, origin, held + 1))
+            for origin, have, held in wanted
+        ]
+        prefix = _U32.pack(doc)
+        out: list[Delta] = []
+        try:
+            for pos in heapq.merge(*((bytes(pos) for _, pos in scan) for scan in scans)):
+                row = txn.get("deltas", prefix + pos)
+                assert row is not None, "index points at a missing delta"
+                out.append(self._delta(txn, document, row))
+                if len(out) >= most:
+                    break
+        finally:
+            for scan in scans:  # their store cursors close now, inside the transaction
+                if isinstance(scan, Generator):
+                    scan.close()
+        return out
 
     # -- watermarks and unsynced ---------------------------------------------
 

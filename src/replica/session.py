@@ -103,7 +103,9 @@ class LogView(Protocol):
 
     def checksum_of(self, document: str, origin: str, seq: int) -> bytes | None: ...
 
-    def missing_deltas(self, document: str, remote: Mapping[str, int]) -> list[Delta]: ...
+    def missing_deltas(
+        self, document: str, remote: Mapping[str, int], *, most: int | None = None, most_bytes: int | None = None
+    ) -> list[Delta]: ...
 
     def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None: ...
 
@@ -180,6 +182,10 @@ class Limits:
     slow_ack: float = 0.5  # seconds: shrink batches when acks are slower
     span_min: int = spans.SPAN_MIN  # a relay sends runs of this many deltas as one span (0: never)
     span_max: int = spans.SPAN_MAX
+    #: Deltas read from the log ahead of sending, per document: at most this many, and no more once
+    #: their bytes reach ``pending_bytes``; the rest is read when these are out (see ``Session._refill``).
+    pending_deltas: int = wire.MAX_BATCH
+    pending_bytes: int = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -193,15 +199,28 @@ class _Whole:
 @dataclass
 class _Doc:
     remote: VersionVector  # what the other side is known to hold durably
-    queued: VersionVector  # what is queued or sent, or known held there
+    queued: VersionVector  # what is read into ``pending`` or sent, or known held there
     start_local: VersionVector
     start_remote: VersionVector
+    #: What ``to_send`` counts, local deltas up to it that are not ``queued`` yet being still to read.
+    counted: VersionVector = field(default_factory=dict)
     pending: deque[Delta | _Whole] = field(default_factory=deque)
     opening: bool = False  # asked with ``open``; nothing is sent before ``opened``
+
+    def unread(self) -> bool:
+        """Counted deltas not read from the log yet."""
+        return not covers(self.queued, self.counted)
 
 
 def _everything(document: str) -> bool:
     return True
+
+
+def _uncounted(state: _Doc, vv: Mapping[str, int]) -> int:
+    """Deltas of ``vv`` neither counted in ``to_send`` nor queued (known held there)."""
+    return sum(
+        max(0, seq - max(state.counted.get(origin, 0), state.queued.get(origin, 0))) for origin, seq in vv.items()
+    )
 
 
 class Session:
@@ -324,7 +343,7 @@ class Session:
         state = self._docs[event.document]
         arrived = event.snapshot.vv if isinstance(event, IncomingSnapshot) else of_deltas(event.deltas)
         merge(state.remote, arrived)
-        merge(state.queued, arrived)
+        self._learn(state, arrived)
         if isinstance(event, IncomingSnapshot):
             self.received += result.applied
         else:
@@ -357,7 +376,9 @@ class Session:
             return
         if covers(state.queued, self.replica.version_vector(document)):
             return  # nothing new for the other side (what it just sent us, say): no need to read the log
-        self._refill(document, count=True)
+        self._count(document)
+        if not state.pending:  # read now, while a relay's fan-out shares one read among its links
+            self._refill(document)
         self._pump(now)
 
     def data_to_send(self, now: float) -> list[bytes]:
@@ -426,7 +447,7 @@ class Session:
                     f"deltas for {frame.document!r}, which is not open on this link", code="document_not_open"
                 )
             # It holds what it sends: never offer those deltas back (live links would echo them).
-            merge(self._docs[frame.document].queued, of_deltas(frame.deltas))
+            self._learn(self._docs[frame.document], of_deltas(frame.deltas))
             self._events.append(Incoming(frame.document, frame.deltas))
         elif self.state is SessionState.OPEN and isinstance(frame, wire.SnapshotPart):
             self._snapshot_part(frame)
@@ -465,7 +486,7 @@ class Session:
                 IncomingSnapshotPart(part.document, part.vv, part.checksum, part.size, part.offset, part.data)
             )
             return
-        merge(self._docs[part.document].queued, whole.vv)  # it holds what it sends: never offered back
+        self._learn(self._docs[part.document], whole.vv)  # it holds what it sends: never offered back
         self._events.append(IncomingSnapshot(part.document, whole))
 
     def _accept(self, hello: wire.Hello, now: float) -> None:
@@ -570,32 +591,85 @@ class Session:
         for name, vv in local.items():
             self._docs[name] = _Doc(dict(remote[name]), dict(remote[name]), dict(vv), dict(remote[name]))
             self.to_receive += count_missing(vv, remote[name])
-            self._refill(name, count=True)
+            self._count(name)
+            self._refill(name)
         assert self.remote_id is not None and self.remote_role is not None
         self._events.append(
             Connected(self.remote_id, self.remote_role, remote, self.to_send, self.to_receive, *self._welcome_extras)
         )
         self._unsettled = True
 
-    def _refill(self, document: str, *, count: bool) -> None:
+    def _count(self, document: str) -> None:
+        """Count into ``to_send`` what the other side lacks of the local log,
+        by version-vector arithmetic (nothing is read; :meth:`_refill` reads
+        it a window at a time). Deltas past a refusal are never offered, so
+        never counted."""
+        state = self._docs[document]
+        local = dict(self.replica.version_vector(document))
+        for (name, origin), seq in self._cuts.items():
+            if name == document:  # never offered: the other side refused it for good
+                local[origin] = min(local.get(origin, 0), seq - 1)
+                state.start_local[origin] = min(state.start_local.get(origin, 0), seq - 1)
+        self.to_send += _uncounted(state, local)
+        merge(state.counted, local)
+
+    def _learn(self, state: _Doc, vv: Mapping[str, int]) -> None:
+        """The other side holds ``vv`` (it said so in an ack, or sent it):
+        what of it was counted and is not read yet will never be sent."""
+        for origin, seq in vv.items():
+            queued = state.queued.get(origin, 0)
+            if seq > queued:
+                self.to_send -= max(0, min(seq, state.counted.get(origin, 0)) - queued)
+                state.queued[origin] = seq
+
+    def _refill(self, document: str) -> None:
+        """Read the next window of what the other side lacks into ``pending``
+        (called when it is empty): the snapshot first if the other side lacks
+        some of what it covers, then at most ``pending_deltas`` deltas, or
+        ``pending_bytes``, of the counted ones after ``queued``.
+
+        Why a window keeps causality: ``missing_deltas`` answers in the order
+        this log applied the deltas, and a prefix of that order holds, with
+        each delta, every delta it depends on that the other side lacks
+        (applied here before it, so earlier in that order). ``queued`` then
+        grows by exactly that prefix (per origin its seqs are contiguous from
+        ``queued`` on, and a refused origin's skipped deltas are passed over),
+        so the next window is the prefix of what is left: windows go out in
+        the order one read of the whole backlog would have sent them. Deltas
+        committed after the last count come after every counted one in that
+        order, so a window stops at the first of them: a once-run sends what
+        was held when it started, a live one counts new deltas in
+        :meth:`local_changed` and reads them here next."""
         state = self._docs[document]
         whole = self.replica.snapshot_for(document, state.queued)
         if whole is not None:  # what it covers is held here only as it: send it whole (even past a refusal)
             lacking = count_missing(state.queued, whole.vv)
+            self.to_send += _uncounted(state, whole.vv)  # compaction may have taken in deltas not counted yet
+            merge(state.counted, whole.vv)
             merge(state.queued, whole.vv)
             state.pending.append(_Whole(whole, lacking))
-            if count:
-                self.to_send += lacking
-        missing = self.replica.missing_deltas(document, state.queued)
-        merge(state.queued, of_deltas(missing))
-        if self._cuts:
-            missing = [d for d in missing if d.seq < self._cuts.get((document, d.origin), 2**63)]
-            for (name, origin), seq in self._cuts.items():
-                if name == document:  # never offered: the other side refused it for good
-                    state.start_local[origin] = min(state.start_local.get(origin, 0), seq - 1)
-        state.pending.extend(missing)
-        if count:
-            self.to_send += sum(item.length for item in missing)
+        if not state.unread():
+            return
+        read = whole is not None
+        limits = self.limits
+        for item in self.replica.missing_deltas(
+            document, state.queued, most=limits.pending_deltas, most_bytes=limits.pending_bytes
+        ):
+            queued = state.queued.get(item.origin, 0)
+            cut = self._cuts.get((document, item.origin))
+            if cut is not None and item.seq >= cut:  # refused for good: never offered, and not counted
+                self.to_send -= max(0, min(item.seq, state.counted.get(item.origin, 0)) - queued)
+            elif item.seq > state.counted.get(item.origin, 0):
+                break  # committed after the last count, as is everything after it in this order
+            else:
+                # A span may start at or below ``queued`` (the other side holds its first seqs); it goes whole.
+                self.to_send += item.length - (item.seq - queued)
+                state.pending.append(item)
+            state.queued[item.origin] = item.seq
+            read = True
+        if not read and state.unread():  # the log lacks what its version vector says it holds
+            message = f"the log of {document!r} lacks deltas it counts; its operator can see why"
+            self.fail("internal_error", message, True)
 
     def _open_requested(self, frame: wire.Open) -> None:
         assert self._grant is not None
@@ -616,7 +690,8 @@ class Session:
         self._send(wire.Opened(frame.document, local))
         self._docs[frame.document] = _Doc(dict(frame.vv), dict(frame.vv), local, dict(frame.vv))
         self.to_receive += count_missing(local, frame.vv)
-        self._refill(frame.document, count=True)
+        self._count(frame.document)
+        self._refill(frame.document)
 
     def _open(self, document: str) -> None:
         if self._allows(document) and len(self._docs) < self.limits.max_documents:
@@ -638,7 +713,8 @@ class Session:
         state.remote.update(frame.vv)
         state.queued.update(frame.vv)
         self.to_receive += count_missing(self.replica.version_vector(frame.document), frame.vv)
-        self._refill(frame.document, count=True)
+        self._count(frame.document)
+        self._refill(frame.document)
 
     def _acked(self, ack: wire.Ack, now: float) -> None:
         state = self._docs.get(ack.document)
@@ -651,7 +727,7 @@ class Session:
         self._adapt(now - max(sent_at, self._last_ack_at))
         self._last_ack_at = now
         merge(state.remote, ack.vv)
-        merge(state.queued, ack.vv)
+        self._learn(state, ack.vv)
         self.sent += count
         assert self.remote_id is not None and self.remote_role is not None
         self._events.append(Acknowledged(self.remote_id, self.remote_role, ack.document, dict(ack.vv), count))
@@ -666,10 +742,10 @@ class Session:
 
     def _pump(self, now: float) -> None:
         """Queue batches while the window allows, then ``done`` once."""
-        while len(self._in_flight) < self.limits.window:
+        while len(self._in_flight) < self.limits.window and self.state is SessionState.OPEN:
             batch = self._next_batch()
             if batch is None:
-                if any(state.pending for state in self._docs.values()):
+                if self._more_to_send():
                     continue  # that document's next deltas were all held there already
                 break
             document, items = batch
@@ -683,19 +759,26 @@ class Session:
                 continue
             self._send(wire.Deltas(document, tuple(items)))
             self._in_flight.append((document, sum(item.length for item in items), now))
-        if not self._sent_done and not any(state.pending for state in self._docs.values()):
+        if self.state is SessionState.OPEN and not self._sent_done and not self._more_to_send():
             self._sent_done = True
             self._send(wire.Done())
             self._check_complete()  # the last acks may have come before the rest turned out to be held there
 
+    def _more_to_send(self) -> bool:
+        return any(state.pending or state.unread() for state in self._docs.values())
+
     def _next_batch(self) -> tuple[str, list[Delta] | _Whole] | None:
-        names = [name for name, state in self._docs.items() if state.pending]
+        names = [name for name, state in self._docs.items() if state.pending or state.unread()]
         if not names:
             return None
         self._turn = (self._turn + 1) % len(names)
         document = names[self._turn]
-        pending = self._docs[document].pending
-        held = self._docs[document].remote
+        state = self._docs[document]
+        pending, held = state.pending, state.remote
+        if not pending:
+            self._refill(document)
+            if not pending:
+                return None
         first = pending[0]
         if isinstance(first, _Whole):
             pending.popleft()
@@ -706,7 +789,13 @@ class Session:
         items: list[Delta] = []
         size = 0
         budget = min(self._batch_bytes, self.limits.max_frame_bytes // 2)
-        while pending and len(items) < self.limits.max_batch:
+        while len(items) < self.limits.max_batch:
+            if not pending:  # the window is out: the batch goes on with the next one
+                if not state.unread() or self.state is not SessionState.OPEN:
+                    break
+                self._refill(document)
+                if not pending:
+                    break
             item = pending[0]
             if isinstance(item, _Whole):
                 break  # a snapshot goes alone, in the next batch
@@ -735,7 +824,7 @@ class Session:
         if self._unsettled:
             return  # decided in settled(), once what it depends on is stored
         for name, state in self._docs.items():
-            if state.pending or not covers(state.remote, state.start_local):
+            if state.pending or state.unread() or not covers(state.remote, state.start_local):
                 return
             if not covers(self.replica.version_vector(name), state.start_remote):
                 return

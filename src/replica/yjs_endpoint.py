@@ -284,7 +284,7 @@ class YjsEndpoint:
         if snapshot is not None:  # compaction overtook it: the state, then the tail
             await connection.ws.send(yprotocol.update(snapshot.data))
             vv = connection.vv = _merged(vv, snapshot.vv)
-        missing = self.replica.missing_deltas(connection.document, vv)
+        missing = self.replica.missing_deltas(connection.document, vv, most=SEND_BATCH + 1)  # one more: "more left?"
         for item in missing[:SEND_BATCH]:
             _advance(vv, item)
             if item.origin == connection.origin and item.seq in connection.own:

@@ -116,12 +116,24 @@ class FleetMachine(RuleBasedStateMachine):
     def limits(self, data: st.DataObject) -> Limits:
         """The sessions' batching: small batches make more frames to reorder.
         A relay sends spans in batches of a few deltas (two make a span
-        there) and in large ones (the shipped least span)."""
+        there) and in large ones (the shipped least span). Sessions read
+        their backlog from the log as many deltas at a time as batches they
+        keep in flight (1 to 4, at most 200 bytes), so that refills happen
+        all the time, in the middle of batches too. (Derived, not drawn: a
+        new draw would change every derandomized example.)"""
         batch = data.draw(st.sampled_from([1, 300, 1, 300, 64 * 1024]), label="batch bytes")
         window = data.draw(st.sampled_from([4, 2, 3, 1]), label="window")
+        reads = {"pending_deltas": window, "pending_bytes": 200}
         if batch > 1024:
-            return Limits(window=window)
-        return Limits(window=window, min_batch_bytes=batch, start_batch_bytes=batch, max_batch_bytes=batch, span_min=2)
+            return Limits(window=window, **reads)
+        return Limits(
+            window=window,
+            min_batch_bytes=batch,
+            start_batch_bytes=batch,
+            max_batch_bytes=batch,
+            span_min=2,
+            **reads,
+        )
 
     # -- setup and teardown --------------------------------------------------
 
@@ -138,7 +150,10 @@ class FleetMachine(RuleBasedStateMachine):
                 for node in fleet.devices:
                     fleet.sync(node.name)
         names = ", ".join(node.name for node in self.fleet.devices)
-        note(f"fleet: relay-1 and {names}; batches of {limits.max_batch_bytes} B, window {limits.window}")
+        note(
+            f"fleet: relay-1 and {names}; batches of {limits.max_batch_bytes} B, window {limits.window}, "
+            f"reading {limits.pending_deltas} deltas ahead"
+        )
         if provisioned:
             note("every device synced with the relay once")
 
