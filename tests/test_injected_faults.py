@@ -48,6 +48,7 @@ from replica.delta import Delta
 from replica.doc import Document
 from replica.engine import Engine
 from replica.errors import ErrorInfo, StorageError
+from replica.limits import RelaySession
 from replica.log import DeltaLog
 from replica.names import RELAY
 from replica.redis_log import Follower, SharedLog, SharedRevocations
@@ -572,6 +573,26 @@ def hunt(fault: Callable[[], AbstractContextManager[None]], *, shrink: bool = RE
     return found
 
 
+@contextmanager
+def relay_session_needs_its_metrics() -> Iterator[None]:
+    """The relay's session class feeds a frame on to the sync session only
+    when a metrics hook is attached (as ``replica relay`` always attaches
+    one): a relay embedded without metrics hears nothing. The machine runs
+    the relay's own ``RelaySession``, without a hook."""
+
+    def receive(self: RelaySession, data: bytes, now: float) -> None:
+        if self.closed:
+            return
+        self.frames_in += 1
+        self.bytes_in += len(data)
+        if self._on_traffic is not None:
+            self._on_traffic("bytes_in", len(data))
+            Session.receive(self, data, now)
+
+    with _patched(RelaySession, "receive", receive):
+        yield
+
+
 FAULTS = [
     apply_ahead_of_a_gap,
     ack_before_commit,
@@ -593,6 +614,7 @@ FAULTS = [
     compaction_drops_unacknowledged_own_deltas,
     span_claims_more_than_it_holds,
     a_window_taken_for_the_whole_backlog,
+    relay_session_needs_its_metrics,
 ]
 
 

@@ -171,9 +171,10 @@ class RelaySession(Session):
         guard: Guard,
         limits: Limits | None = None,
         on_traffic: TrafficHook | None = None,
+        now: float | None = None,
     ) -> None:
         super().__init__(replica, role="relay", initiator=False, authorize=authorize, limits=limits)
-        now = time.time()
+        now = time.time() if now is None else now  # the simulated fleet passes its relay's clock
         self.started_at = now
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self._guard = guard

@@ -45,6 +45,7 @@ from replica.credentials import DeviceKey, SigningKey
 from replica.doc import Document
 from replica.errors import StorageError
 from replica.events import Event
+from replica.limits import AbuseLimits, Guard, RelaySession
 from replica.names import RELAY
 from replica.replica import Replica
 from replica.session import Limits, Session, SessionState
@@ -55,6 +56,15 @@ from replica.testing.links import ACK_PREFIX, Link, Node, canonical, describe, i
 from replica.testing.strategies import Action, NetworkStep, RunPlan
 from replica.trust import BOUND_CREDENTIAL, DeviceTrust, RelayAuthority, known_revocations, pinned_relay_key
 from replica.vv import VersionVector, covers, merge, of_deltas
+
+#: Abuse limits of the simulated relay: none.
+NO_ABUSE_LIMITS = AbuseLimits(
+    frames_per_second=None,
+    bytes_per_second=None,
+    credential_frames_per_second=None,
+    credential_bytes_per_second=None,
+    connections_per_credential=None,
+)
 
 RELAY_ID = "relay-1"
 #: Simulated seconds per delivered frame (acks come back fast: batches grow).
@@ -100,6 +110,8 @@ class Fleet:
         #: Replica id -> the relay's clock when the relay revoked its credentials.
         self.revoked: dict[str, float] = {}
         self.authority = RelayAuthority(RELAY_ID, self.relay_key, revoked=self.revoked)
+        #: The relay-wide abuse limits, off: the fleet's clocks jump, and no node floods.
+        self.guard = Guard(NO_ABUSE_LIMITS)
         #: Per device: the credential it was given (the relay binds it to the device's key).
         self.credentials: dict[str, str] = {}
         #: Per device: when the newest credential it was given expires.
@@ -241,8 +253,12 @@ class Fleet:
             ).authorize
             far = Session(far_node.replica, role="peer", initiator=False, authorize=authorize, limits=self.limits)
         else:
-            far = Session(
-                far_node.replica, role="relay", initiator=False, authorize=self.authority.authorize, limits=self.limits
+            far = RelaySession(  # the relay's own session class, as ``replica relay`` runs it (limits off)
+                far_node.replica,
+                authorize=self.authority.authorize,
+                guard=self.guard,
+                limits=self.limits,
+                now=self.clock(far_node),
             )
         self._numbers += 1
         near_run, records = runs.start(runs.Facing.PEER if to_peer else runs.Facing.RELAY)
