@@ -173,18 +173,25 @@ def fanout_vs_ywebsocket(quick: bool) -> Result:
         result.status = "skipped"
         result.notes.append(f"@y/websocket-server left out: {missing}")
         return result
-    runs: dict[str, list[FanoutRun]] = {"replica": [], "y": []}
+    runs: dict[str, list[FanoutRun]] = {"replica": [], "light": [], "y": []}
     with _scratch() as dirs:
-        for i in range(repeats):  # alternate the order, so that drift hits both alike
-            order = ["replica", "y"] if i % 2 == 0 else ["y", "replica"]
+        for i in range(repeats):  # rotate the order, so that drift hits each alike
+            order = ["replica", "light", "y"][i % 3 :] + ["replica", "light", "y"][: i % 3]
             for label in order:
                 if label == "replica":
                     runs[label].append(asyncio.run(_fanout_replica(dirs, devices, count, rate)))
+                elif label == "light":
+                    runs[label].append(asyncio.run(_fanout_replica(dirs, devices, count, rate, light=True)))
                 else:
                     runs[label].append(asyncio.run(_fanout_y(dirs, devices, count, rate)))
     ms = 1000.0
     p99 = {}
-    for label, name in (("replica", "replica relay"), ("y", "@y/websocket-server")):
+    names = (
+        ("replica", "replica relay"),
+        ("light", "replica relay, readers storing nothing"),
+        ("y", "@y/websocket-server"),
+    )
+    for label, name in names:
         got = runs[label]
         p99[label] = result.figure(f"{name}: to every reader p99", "ms", [percentile(r.worst, 0.99) * ms for r in got])
         result.figure(f"{name}: to every reader p50", "ms", [percentile(r.worst, 0.5) * ms for r in got])
@@ -193,10 +200,16 @@ def fanout_vs_ywebsocket(quick: bool) -> Result:
         result.params[f"{label}_cpu_cores"] = [{k: round(v, 2) for k, v in r.cpu.items()} for r in got]
     ratio = result.ratio("p99 to every reader: replica / @y/websocket-server", p99["replica"], p99["y"])
     result.targets.append(Target("p99 replica / @y/websocket-server", ratio, 1.0, at_least=False, guard=False))
+    light = result.ratio("p99 to every reader: readers storing nothing / @y/websocket-server", p99["light"], p99["y"])
+    result.targets.append(
+        Target("p99 replica (readers storing nothing) / @y/websocket-server", light, 1.0, at_least=False, guard=False)
+    )
     result.notes.append(
         "replica: every update is a delta stored in the writer's LMDB log, sent, stored and acknowledged by the "
         "relay (group commit), fanned out, stored by each reader; @y/websocket-server keeps the document in "
-        "memory and its clients store nothing"
+        "memory and its clients store nothing. 'readers storing nothing': the same writer and relay, the readers "
+        "light clients of replica's protocol that ack each frame at once and store nothing, as the y clients "
+        f"(the relay's own share); readers in {RECEIVER_PROCESSES} processes, as the y ones"
     )
     return result
 

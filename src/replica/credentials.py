@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -92,6 +93,13 @@ _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _DURATION = re.compile(r"([0-9]{1,12}) ?([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _LATEST = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+
+
+@functools.lru_cache(maxsize=4096)
+def _covered(patterns: tuple[str, ...], document: str) -> bool:
+    """Whether ``document`` matches one of ``patterns``: asked for every link at
+    every fan-out of a relay, so remembered (fnmatch compiles each pattern)."""
+    return any(fnmatch.fnmatchcase(document, pattern) for pattern in patterns)
 
 
 class CredentialError(ReplicaError):
@@ -166,7 +174,7 @@ class Credential:
     def allows(self, document: str) -> bool:
         """Whether ``document`` matches a pattern (``fnmatch`` rules, case-sensitive; ``*`` also
         matches ``/``, so ``campaign-7/*`` covers ``campaign-7/a/b``)."""
-        return any(fnmatch.fnmatchcase(document, pattern) for pattern in self.documents)
+        return _covered(self.documents, document)
 
     def check(self, *, replica_id: str, now: float) -> None:
         """Raise :class:`CredentialError` unless this credential is for ``replica_id`` and unexpired."""

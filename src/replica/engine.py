@@ -91,6 +91,7 @@ class Engine:
         self._client_ids = client_ids
         self._relay_run = runs.IDLE
         self._missing_memo: dict[Any, list[Any]] | None = None
+        self._vv_memo: dict[str, VersionVector] | None = None  # version vectors read inside same_log()
         self._spans = SpanCache()
         #: Called with what a write transaction stored from elsewhere, before it commits (see :meth:`publish_to`).
         self._publisher: Publisher | None = None
@@ -418,6 +419,8 @@ class Engine:
         finally:
             if self._missing_memo:  # a write inside same_log(): what was read may be stale
                 self._missing_memo.clear()
+            if self._vv_memo:
+                self._vv_memo.clear()
         if outermost and (self._touched or self._status_dirty):
             self._notify_changes()
         if outermost:
@@ -467,6 +470,13 @@ class Engine:
     def version_vector(self, document: str) -> VersionVector:
         """``{origin: highest seq held}`` for ``document``."""
         self._check_open()
+        memo = self._vv_memo
+        if memo is not None:  # inside same_log(): every link of a fan-out asks for the same one
+            found = memo.get(document)
+            if found is None:
+                with self._log.read() as txn:
+                    found = memo[document] = dict(self._log.version_vector(txn, document))
+            return dict(found)
         with self._log.read() as txn:
             return self._log.version_vector(txn, document)
 
@@ -634,14 +644,16 @@ class Engine:
     @contextmanager
     def same_log(self) -> Iterator[None]:
         """A block in which nothing commits, so that :meth:`missing_deltas`
-        answers each ``(document, version vector)`` once: a relay fanning one
-        commit out to many live links at the same point reads the log once."""
-        outer = self._missing_memo
+        answers each ``(document, version vector)`` once, and
+        :meth:`version_vector` each document once: a relay fanning one commit
+        out to many live links at the same point reads the log once."""
+        outer, outer_vv = self._missing_memo, self._vv_memo
         self._missing_memo = {} if outer is None else outer
+        self._vv_memo = {} if outer_vv is None else outer_vv
         try:
             yield
         finally:
-            self._missing_memo = outer
+            self._missing_memo, self._vv_memo = outer, outer_vv
 
     def ingest(self, incoming: Iterable[Delta]) -> IngestResult:
         """Store and apply deltas from another replica, in the order given.

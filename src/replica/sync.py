@@ -62,10 +62,12 @@ def settle(engine: Engine, sessions: Iterable[Session]) -> list[tuple[Session, E
     if not stored:
         return others
     results: list[tuple[Session, Incoming | IncomingSnapshot, IngestResult]] = []
+    writes = [(session, event) for session, event in stored if _writes(session, event)]
     try:
-        with engine.batch():
-            for session, event in stored:
-                _store(engine, session, event, results)
+        if writes:  # a relay's acks from devices write nothing: no transaction for them
+            with engine.batch():
+                for session, event in writes:
+                    _store(engine, session, event, results)
     except StorageError as exc:
         log.error("could not store what %d link(s) received: %s", len(sessions), exc)
         for session in sessions:
@@ -79,6 +81,18 @@ def settle(engine: Engine, sessions: Iterable[Session]) -> list[tuple[Session, E
     return others
 
 
+def _tracked(session: Session) -> bool:
+    """A device keeps watermarks for its relay and its peers, whichever side of the link it is on."""
+    return session.remote_role in _TRACKED_ROLES or session.role == "peer"
+
+
+def _writes(session: Session, event: Event) -> bool:
+    """Whether :func:`_store` writes anything for ``event``."""
+    if session.remote_id is None or session.remote_role is None:
+        return False
+    return isinstance(event, Incoming | IncomingSnapshot | IncomingSnapshotPart) or _tracked(session)
+
+
 def _store(
     engine: Engine,
     session: Session,
@@ -88,8 +102,7 @@ def _store(
     if session.remote_id is None or session.remote_role is None:
         return
     key = remote_key(session.remote_id, session.remote_role)
-    # A device keeps watermarks for its relay and its peers, whichever side of the link it is on.
-    tracked = session.remote_role in _TRACKED_ROLES or session.role == "peer"
+    tracked = _tracked(session)
     if isinstance(event, Incoming):
         result = engine.ingest(event.deltas)
         results.append((session, event, result))
