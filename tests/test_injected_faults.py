@@ -712,6 +712,23 @@ def revocations_stay_on_one_relay() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def no_failover() -> Iterator[None]:
+    """A device given several relays only ever tries the first."""
+    urls = net.relay_urls
+
+    def first_only(url: Any) -> tuple[str, ...]:
+        return urls(url)[:1]
+
+    with _patched(net, "relay_urls", first_only):
+        yield
+
+
+def _live_failover() -> None:
+    with tempfile.TemporaryDirectory() as path, RedisServer(Path(path) / "redis") as server:
+        test_redis_log.test_a_live_sync_moves_to_the_next_relay_when_its_relay_goes_away(Path(path), server)
+
+
 def _redis_test(test: Callable[[Path], None]) -> Callable[[], None]:
     def run() -> None:
         with tempfile.TemporaryDirectory() as path:
@@ -767,6 +784,7 @@ DIRECT = [
         _redis_test(test_redis_log.test_a_failed_append_to_redis_stores_and_acknowledges_nothing),
     ),
     (revocations_stay_on_one_relay, _revocation_shared),
+    (no_failover, _live_failover),
     (checksum_of_the_bytes_only, _origin_altered_on_a_relay),
     (checksum_of_the_bytes_only, _identity_altered_in_ingest),
 ]

@@ -260,3 +260,32 @@ def test_a_long_stream_is_trimmed_behind_the_whole_state(tmp_path: Path, redis_s
                     assert dict(two.replica.doc(DOC).records("hh").items()) == records(writer)
 
     run(main)
+
+
+def test_a_live_sync_moves_to_the_next_relay_when_its_relay_goes_away(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Live, with two relays given: after relay 1 stops, the device's
+    reconnection to it fails and the next run goes to relay 2, where it
+    receives what another device uploads there."""
+
+    async def main() -> None:
+        one = Relay(tmp_path / "r1", port=0, redis=redis_server.url)
+        await one.start()
+        twin(tmp_path / "r1", tmp_path / "r2")
+        async with Relay(tmp_path / "r2", port=0, redis=redis_server.url) as two:
+            token = one.issue_credential("tab-b", ["c7/*"], expires_at=time.time() + HOUR)
+            writer_token = one.issue_credential("tab-a", ["c7/*"], expires_at=time.time() + HOUR)
+            with Replica.in_memory(replica_id="tab-b") as reader, Replica.in_memory(replica_id="tab-a") as writer:
+                urls = [one.url, two.url]
+                live = asyncio.create_task(reader.sync(urls, credential=token, live=True))
+                await until(lambda: reader.status().connected and reader.status().relay == urls[0])
+                await one.stop()
+                await until(lambda: reader.status().connected and reader.status().relay == urls[1], timeout=20)
+                writer.doc(DOC).records("hh").put("h1", {"n": 1})
+                assert (await writer.sync(two.url, credential=writer_token)).state is SyncState.SYNCED
+                await until(lambda: reader.doc(DOC).records("hh").get("h1") == {"n": 1})
+                live.cancel()
+                await asyncio.gather(live, return_exceptions=True)
+
+    run(main)
