@@ -407,7 +407,8 @@ class SharedRevocations(Mapping[str, float]):
     relay (``replica relay revoke --data DIR`` on that relay's directory),
     shared through Redis (``replica:revoked``). :meth:`refresh` (every
     second or so) pushes the changes of this relay's own file and reads the
-    others'; an undo on any relay takes the revocation back everywhere."""
+    others'. An undo takes a revocation back everywhere but on a relay
+    whose own file lists it too."""
 
     def __init__(self, local: Mapping[str, float], shared: SharedLog) -> None:
         self.local = local
