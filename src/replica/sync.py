@@ -99,8 +99,8 @@ def _store(
     event: Event,
     results: list[tuple[Session, Incoming | IncomingSnapshot, IngestResult]],
 ) -> None:
-    if session.remote_id is None or session.remote_role is None:
-        return
+    """Write what ``event`` stores; called only for events :func:`_writes` admits."""
+    assert session.remote_id is not None and session.remote_role is not None
     key = remote_key(session.remote_id, session.remote_role)
     tracked = _tracked(session)
     if isinstance(event, Incoming):
@@ -120,9 +120,7 @@ def _store(
         if tracked and result.rejected is None:  # it held this state: it holds those deltas
             engine.acknowledge(key, event.document, event.snapshot.vv)
         return
-    if not tracked:
-        return
-    if isinstance(event, Acknowledged):
+    if isinstance(event, Acknowledged):  # the rest only for tracked remotes (see _writes)
         engine.acknowledge(key, event.document, event.vv)
     elif isinstance(event, Connected):
         if session.remote_role == "relay":
