@@ -49,7 +49,7 @@ from replica.doc import Document
 from replica.engine import Engine
 from replica.errors import ErrorInfo, StorageError
 from replica.limits import RelaySession
-from replica.log import DeltaLog
+from replica.log import DecodedRows, DeltaLog
 from replica.names import RELAY
 from replica.redis_log import Follower, SharedLog, SharedRevocations
 from replica.replica import Replica
@@ -593,6 +593,15 @@ def relay_session_needs_its_metrics() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def decoded_rows_are_never_forgotten() -> Iterator[None]:
+    """The log's cache of decoded rows is never emptied: after a snapshot
+    deletes a document's last rows, the next delta's row key is one an old
+    row had, and a read gives the old delta in its place."""
+    with _patched(DecodedRows, "clear", lambda self: None):
+        yield
+
+
 FAULTS = [
     apply_ahead_of_a_gap,
     ack_before_commit,
@@ -615,6 +624,7 @@ FAULTS = [
     span_claims_more_than_it_holds,
     a_window_taken_for_the_whole_backlog,
     relay_session_needs_its_metrics,
+    decoded_rows_are_never_forgotten,
 ]
 
 

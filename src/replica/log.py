@@ -46,15 +46,17 @@ disk, never counted separately. Seqs of one origin are contiguous from 1,
 which :meth:`DeltaLog.append` enforces, so "deltas not covered by a watermark"
 is a subtraction per origin.
 
-The log caches interned numbers, the next ``pos`` and the version vectors of
-documents it has written to; :meth:`DeltaLog.write` drops those caches when a
-write transaction fails, so they never outlive an aborted write.
+The log caches interned numbers, the next ``pos``, the version vectors of
+documents it has written to and recently decoded rows (:class:`DecodedRows`);
+:meth:`DeltaLog.write` drops those caches when a write transaction fails, so
+they never outlive an aborted write.
 """
 
 from __future__ import annotations
 
 import heapq
 import struct
+from collections import OrderedDict
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -77,17 +79,53 @@ _CHECKSUM_AT = _HEAD - CHECKSUM_SIZE
 _SPAN = 0x80000000  # the origin number's flag on a span's row, whose first seq follows its head
 _SPAN_HEAD = _HEAD + 8
 _ALL = 0xFFFFFFFF  # origin number of a whole-document rejection
+_ROW_ORIGIN = struct.Struct(">IQ")  # the head of a row: origin number (with the span flag), seq
+_DECODED_OVERHEAD = 200  # bytes a decoded delta holds beside its data (the tuple, its key, the cache's link)
+_DENSE = 4  # DeltaLog._prefix scans rows in order when at most this many lie ahead per wanted delta
 
 
 def _first(pair: tuple[bytes, Delta]) -> bytes:
     return pair[0]
 
 
+class DecodedRows:
+    """Deltas decoded from their rows, by row key, within ``budget`` bytes,
+    oldest out first: the links of a relay reading the same rows at different
+    times (each its own window of its backlog) decode each row once.
+
+    A row never changes under its key while it exists; a key can be used
+    again only after the rows at the end of a document are deleted, so
+    :meth:`DeltaLog.set_base` (which deletes rows) and a failed write (after
+    which the next ``pos`` is read again from disk) empty it."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[bytes, Delta] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: bytes) -> Delta | None:
+        return self._items.get(key)
+
+    def put(self, key: bytes, item: Delta) -> None:
+        if key in self._items:
+            return
+        self._items[key] = item
+        self._bytes += len(item.data) + _DECODED_OVERHEAD
+        while self._bytes > self.budget and self._items:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped.data) + _DECODED_OVERHEAD
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
 class DeltaLog:
     """Append-only deltas of every document of one replica."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, decoded_bytes: int = 8 * 1024 * 1024) -> None:
         self.store = store
+        self._decoded = DecodedRows(decoded_bytes)
         self._clear_caches()
 
     def _clear_caches(self) -> None:
@@ -98,6 +136,7 @@ class DeltaLog:
         self._next_pos: dict[int, int] = {}
         self._vv: dict[int, dict[int, int]] = {}
         self._base_vv: dict[int, dict[int, int]] = {}
+        self._decoded.clear()
 
     # -- transactions --------------------------------------------------------
 
@@ -268,6 +307,7 @@ class DeltaLog:
         if any(numbers.get(o, 0) < seq for o, seq in old.items()):
             raise ValueError(f"a snapshot of {document!r} must cover the one it replaces")
         dropped = 0
+        self._decoded.clear()  # rows go: their keys may be used again
         for number, top in numbers.items():
             start = _INDEX.pack(doc, number, 0)
             stop = _INDEX.pack(doc, number, top + 1)
@@ -377,10 +417,7 @@ class DeltaLog:
     def _put(
         self, txn: Txn, doc: int, origin: int, vv: dict[int, int], seq: int, check: bytes, data: bytes, first: int = 0
     ) -> None:
-        pos = self._next_pos.get(doc)
-        if pos is None:
-            last = txn.last_before("deltas", _U32.pack(doc + 1))
-            pos = _U64.unpack(last[0][4:])[0] + 1 if last and last[0][:4] == _U32.pack(doc) else 1
+        pos = self._end_pos(txn, doc)
         packed_pos = _U64.pack(pos)
         if first:
             head = _DELTA_HEAD.pack(origin | _SPAN, seq, check) + _U64.pack(first)
@@ -390,6 +427,14 @@ class DeltaLog:
         txn.put("index", _INDEX.pack(doc, origin, seq), packed_pos)
         self._next_pos[doc] = pos + 1
         vv[origin] = seq
+
+    def _end_pos(self, txn: Txn, doc: int) -> int:
+        """The ``pos`` the next delta of ``doc`` gets."""
+        pos = self._next_pos.get(doc)
+        if pos is None:
+            last = txn.last_before("deltas", _U32.pack(doc + 1))
+            pos = _U64.unpack(last[0][4:])[0] + 1 if last and last[0][:4] == _U32.pack(doc) else 1
+        return pos
 
     def recompute_checksums(self, txn: Txn) -> int:
         """Give every held delta and span the checksum of today's rule
@@ -437,6 +482,18 @@ class DeltaLog:
             return Delta(document, self._origin_name(txn, origin & ~_SPAN), seq, check, bytes(row[_SPAN_HEAD:]), first)
         return Delta(document, self._origin_name(txn, origin), seq, check, bytes(row[_HEAD:]))
 
+    def _decode(self, txn: Txn, document: str, key: bytes, row: bytes | None) -> Delta:
+        """The delta in the row at ``key`` of the deltas table (``row``, if
+        read already), decoded once while it stays in ``_decoded``."""
+        found = self._decoded.get(key)
+        if found is None:
+            if row is None:
+                row = txn.get("deltas", key)
+                assert row is not None, "index points at a missing delta"
+            found = self._delta(txn, document, row)
+            self._decoded.put(bytes(key), found)
+        return found
+
     def payloads(self, txn: Txn, document: str) -> Iterator[bytes]:
         """What replays ``document``: its snapshot's state (if any), then the
         bytes of every delta after it, in applied order."""
@@ -471,13 +528,15 @@ class DeltaLog:
         prefix depends on comes before it in applied order, so it is held by
         ``remote`` or in the prefix too: a prefix can be sent on its own, and
         the rest is what ``remote`` plus the prefix lacks. Bounded, only the
-        prefix is read (the runs of every origin are merged lazily, by
-        ``pos`` from the index), whatever the backlog.
+        prefix is read, whatever the backlog (see :meth:`_prefix`), and each
+        row is decoded once while it stays in the log's cache of decoded rows
+        (``decoded_bytes``): the links of a relay, each reading its own window
+        of the same backlog at its own time, share the decoding.
 
         ``memo``, kept by the caller while nothing commits, keeps each
         origin's run ``(pos, delta)`` read: a relay fanning one commit out to
         links at different points reads each new delta once, not once a link.
-        A bounded read uses it only when the whole answer fits the bound."""
+        A bounded read uses it when the whole answer fits ``most``."""
         doc = self._doc(txn, document)
         if doc is None:
             return []
@@ -487,18 +546,18 @@ class DeltaLog:
             have = max(remote.get(self._origin_name(txn, origin), 0), base.get(origin, 0))
             if have < held:
                 wanted.append((origin, have, held))
-        if most is None or sum(held - have for _, have, held in wanted) <= most:
+        lacking = sum(held - have for _, have, held in wanted)
+        if (most is None and most_bytes is None) or (memo is not None and (most is None or lacking <= most)):
             found = self._whole_runs(txn, document, doc, wanted, memo)
-        else:
-            found = self._prefix(txn, document, doc, wanted, most)
-        if most_bytes is None:
+            if most_bytes is None:
+                return found
+            size = 0
+            for count, item in enumerate(found):
+                size += len(item.data)
+                if size >= most_bytes:
+                    return found[: count + 1]
             return found
-        size = 0
-        for count, item in enumerate(found):
-            size += len(item.data)
-            if size >= most_bytes:
-                return found[: count + 1]
-        return found
+        return self._prefix(txn, document, doc, wanted, lacking, most, most_bytes)
 
     def _whole_runs(
         self, txn: Txn, document: str, doc: int, wanted: list[tuple[int, int, int]], memo: dict[Any, list[Any]] | None
@@ -513,9 +572,7 @@ class DeltaLog:
                 stop = _INDEX.pack(doc, origin, held + 1)
                 found = []
                 for _, pos in txn.scan("index", start, stop):
-                    row = txn.get("deltas", prefix + pos)
-                    assert row is not None, "index points at a missing delta"
-                    found.append((bytes(pos), self._delta(txn, document, row)))
+                    found.append((bytes(pos), self._decode(txn, document, prefix + pos, None)))
                 if memo is not None:
                     memo[key] = found
             runs.append(found)
@@ -523,28 +580,88 @@ class DeltaLog:
             return [item for _, item in runs[0]]
         return [item for _, item in heapq.merge(*runs, key=_first)]
 
-    def _prefix(self, txn: Txn, document: str, doc: int, wanted: list[tuple[int, int, int]], most: int) -> list[Delta]:
-        """The first ``most`` of the deltas ``wanted`` in applied order: the
-        per-origin index runs merged by ``pos`` (a big-endian number, so bytes
-        compare as numbers), reading only the rows taken."""
+    def _prefix(
+        self,
+        txn: Txn,
+        document: str,
+        doc: int,
+        wanted: list[tuple[int, int, int]],
+        lacking: int,
+        most: int | None,
+        most_bytes: int | None,
+    ) -> list[Delta]:
+        """The first of the deltas ``wanted`` in applied order, up to ``most``
+        of them and ``most_bytes``, reading only the rows taken and what lies
+        between them.
+
+        Two ways, by how dense the wanted rows are after the first of them:
+        dense (a remote lacking most of what came after some point, as every
+        link of a storm does), one scan of the rows in ``pos`` order from the
+        first wanted one, skipping the rows the remote holds by their head;
+        sparse, the per-origin index runs merged by ``pos`` (a big-endian
+        number, so bytes compare as numbers), one row read per delta taken."""
+        firsts = [self._first_pos(txn, doc, origin, have, held) for origin, have, held in wanted]
+        start = min((pos for pos in firsts if pos is not None), default=None)
+        if start is None:
+            return []
+        end = self._end_pos(txn, doc)
+        if end - _U64.unpack(start)[0] <= _DENSE * lacking:
+            rows = self._dense_rows(txn, doc, start, wanted)
+        else:
+            rows = self._sparse_rows(txn, doc, wanted)
+        out: list[Delta] = []
+        size = 0
+        try:
+            for key, row in rows:
+                item = self._decode(txn, document, key, row)
+                out.append(item)
+                size += len(item.data)
+                if (most is not None and len(out) >= most) or (most_bytes is not None and size >= most_bytes):
+                    break
+        finally:
+            rows.close()  # its store cursors close now, inside the transaction
+        return out
+
+    @staticmethod
+    def _first_pos(txn: Txn, doc: int, origin: int, have: int, held: int) -> bytes | None:
+        """The ``pos`` of the first row of ``origin`` after seq ``have``."""
+        scan = txn.scan("index", _INDEX.pack(doc, origin, have + 1), _INDEX.pack(doc, origin, held + 1))
+        try:
+            for _, pos in scan:
+                return bytes(pos)
+            return None
+        finally:
+            if isinstance(scan, Generator):
+                scan.close()
+
+    def _dense_rows(
+        self, txn: Txn, doc: int, start: bytes, wanted: list[tuple[int, int, int]]
+    ) -> Generator[tuple[bytes, bytes | None]]:
+        have = {origin: seen for origin, seen, _ in wanted}
+        scan = txn.scan("deltas", _U32.pack(doc) + start, _U32.pack(doc + 1))
+        try:
+            for key, row in scan:
+                origin, seq = _ROW_ORIGIN.unpack_from(row)
+                seen = have.get(origin & ~_SPAN)
+                if seen is not None and seq > seen:
+                    yield key, row
+        finally:
+            if isinstance(scan, Generator):
+                scan.close()
+
+    def _sparse_rows(self, txn: Txn, doc: int, wanted: list[tuple[int, int, int]]) -> Generator[tuple[bytes, None]]:
         scans = [
             txn.scan("index", _INDEX.pack(doc, origin, have + 1), _INDEX.pack(doc, origin, held + 1))
             for origin, have, held in wanted
         ]
         prefix = _U32.pack(doc)
-        out: list[Delta] = []
         try:
             for pos in heapq.merge(*((bytes(pos) for _, pos in scan) for scan in scans)):
-                row = txn.get("deltas", prefix + pos)
-                assert row is not None, "index points at a missing delta"
-                out.append(self._delta(txn, document, row))
-                if len(out) >= most:
-                    break
+                yield prefix + pos, None
         finally:
-            for scan in scans:  # their store cursors close now, inside the transaction
+            for scan in scans:
                 if isinstance(scan, Generator):
                     scan.close()
-        return out
 
     # -- watermarks and unsynced ---------------------------------------------
 
