@@ -174,10 +174,13 @@ async def wait_store(data: Path, expected: int, rows_needed: int, deadline: floa
 
 
 async def wait_devices(devices: list[Replica], expected: int, deadline: float) -> None:
-    """Until every device holds ``expected`` records and shows 0 unsynced; BenchmarkFailed at ``deadline``."""
+    """Until every device's log holds ``expected`` deltas (one per record put) and it shows 0 unsynced;
+    BenchmarkFailed at ``deadline``. Polled from the log's version vector, not by counting the records
+    (``len`` of a 20,000-entry Map costs about 90 us, a fifth of a core at 20 devices every 10 ms); the
+    callers count the records once at the end."""
     pending = list(devices)
     while pending:
-        pending = [d for d in pending if len(d.doc(DOCUMENT).records(COLLECTION)) < expected or d.status().unsynced]
+        pending = [d for d in pending if sum(d.version_vector(DOCUMENT).values()) < expected or d.status().unsynced]
         if not pending:
             return
         if time.monotonic() > deadline:
