@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "replica"
 
 #: Lowest first. A module imports only from layers below its own.
 LAYERS: list[set[str]] = [
-    {"errors", "names", "values", "ui_text", "ui_feed"},
+    {"errors", "names", "values", "ui_text", "ui_feed", "runindex"},
     {"delta", "store", "tls"},
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
     {"wire", "events", "spans", "ui_screen", "yprotocol"},

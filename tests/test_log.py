@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import note
@@ -14,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from replica import delta
 from replica.delta import Delta
 from replica.log import DeltaLog
-from replica.store import Store
+from replica.store import Store, Txn
 from replica.store.lmdb import LmdbStore
 from replica.store.memory import MemoryStore
 
@@ -136,6 +139,7 @@ class LogMachine(RuleBasedStateMachine):
                         first = len(expected[0].data)
                         assert self.log.missing(txn, document, mark, most_bytes=first) == expected[:1]
                         assert self.log.missing(txn, document, mark, most=3, most_bytes=1) == expected[:1]
+                    self.pieces_match(txn, document, mark, expected, items)
             for remote in ("relay", "peer-1"):
                 expected_unsynced = sum(
                     1
@@ -144,6 +148,34 @@ class LogMachine(RuleBasedStateMachine):
                     if i.seq > self.marks.get((remote, document), {}).get(i.origin, 0)
                 )
                 assert self.log.sync_counts(txn, remote) == (expected_unsynced, 0)
+
+    def pieces_match(
+        self, txn: Txn, document: str, mark: dict[str, int], expected: list[Delta], items: list[Delta]
+    ) -> None:
+        """``missing_pieces`` (read through the run index) gives what ``missing`` gives,
+        bounded at aligned seqs, and never past ``upto``."""
+
+        def read(**bounds: Any) -> list[Delta]:
+            pieces = self.log.missing_pieces(txn, document, mark, **bounds)
+            assert pieces is not None  # a few runs: always indexed here
+            return [d for _, piece in pieces for d in self.log.piece_deltas(txn, document, piece)]
+
+        assert read() == expected
+        for most in (1, 2, 5):
+            got = read(most=most, align=2)
+            assert got == expected[: len(got)] and min(most, len(expected)) <= len(got) <= most + 1
+            if len(got) > most:  # past the bound only to a multiple of 2
+                assert got[-1].seq % 2 == 0 and got[-1].origin == got[-2].origin
+        for cut in {0, len(items) // 2, len(items)}:
+            upto = dict(self.bases.get(document, ({}, b""))[0])
+            for item in items[:cut]:
+                upto[item.origin] = item.seq
+            held = list(itertools.takewhile(functools.partial(_covered, upto), expected))
+            assert read(upto=upto) == held
+
+
+def _covered(vv: dict[str, int], item: Delta) -> bool:
+    return item.seq <= vv.get(item.origin, 0)
 
 
 class MemoryLogMachine(LogMachine):
@@ -197,10 +229,14 @@ def test_a_row_key_used_again_after_a_snapshot_reads_the_new_delta(tmp_path: Pat
     log = DeltaLog(store)  # as after a reopen: the next pos is not known yet
     with log.read() as txn:
         assert [i.data for i in log.missing(txn, "d", {}, most=5)] == [b"old"]
+        assert [p.first for _, p in log.missing_pieces(txn, "d", {}) or []] == [1]  # the run index is built
     with log.write() as txn:
         log.set_base(txn, "d", {"a": 1}, b"state")
         log.append(txn, delta.make("d", "b", 1, b"new"))
     with log.read() as txn:
         assert [i.data for i in log.missing(txn, "d", {}, most=5)] == [b"new"]
         assert [i.data for i in log.missing(txn, "d", {})] == [b"new"]
+        pieces = log.missing_pieces(txn, "d", {})
+        assert pieces is not None
+        assert [i.data for _, p in pieces for i in log.piece_deltas(txn, "d", p)] == [b"new"]
     store.close()

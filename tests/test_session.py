@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from replica import Replica, wire
+from replica.delta import Delta
 from replica.errors import ReplicaError
 from replica.session import Closed, Completed, Connected, Denied, Event, Grant, Limits, Session
 from replica.sync import settle
@@ -268,20 +269,21 @@ def test_a_backlog_is_read_a_window_at_a_time_and_counted_whole(device: Replica,
             relay.ingest(other.missing_deltas(DOC, relay.version_vector(DOC)))
     fill(device, 30)
     reads: list[int] = []
-    missing = relay.missing_deltas
+    missing = relay.missing_spans
 
-    def bounded(document: str, remote: dict[str, int], **bounds: int) -> list[object]:
-        found = missing(document, remote, **bounds)
-        reads.append(len(found))
-        return found  # type: ignore[return-value]
+    def bounded(document: str, remote: dict[str, int], **bounds: int) -> list[Delta]:
+        found = missing(document, remote, **bounds)  # type: ignore[arg-type]
+        reads.append(sum(item.length for item in found))
+        return found
 
-    relay.missing_deltas = bounded  # type: ignore[method-assign]
-    limits = Limits(pending_deltas=7, pending_bytes=10_000, window=2)
+    relay.missing_spans = bounded  # type: ignore[method-assign]
+    # Spans of at most 4 deltas, cut at multiples of 4: a window of 7 ends at the next one.
+    limits = Limits(pending_deltas=7, pending_bytes=10_000, window=2, span_max=4)
     link = Wire(device, relay, limits=limits)
     link.run(2000)
     connected = link.of("relay", Connected)[0]
     assert isinstance(connected, Connected) and connected.to_send == 600  # counted at the handshake, nothing read
-    assert max(reads) <= 7 and len(reads) >= 600 // 7
+    assert max(reads) <= 7 + 3 and len(reads) >= 600 // 10
     assert link.relay.sent == link.relay.to_send == 600
     assert link.device.sent == link.device.to_send == 30
     assert device.version_vector(DOC) == relay.version_vector(DOC)

@@ -23,6 +23,7 @@ An engine is not thread-safe: use it from one thread (or one asyncio loop).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from replica import compaction, errors, runs
+from replica import compaction, errors, runs, spans
 from replica import delta as deltas
 from replica.delta import Delta, Snapshot
 from replica.doc import ClientIdSource, Document
@@ -39,7 +40,6 @@ from replica.doccache import DocumentCache
 from replica.events import IncomingSnapshotPart, IngestResult
 from replica.log import DeltaLog, Rejection
 from replica.names import RELAY, check_document_name, check_replica_id, new_replica_id
-from replica.spans import SpanCache
 from replica.status import PeerStatus, Rejected, SyncStatus
 from replica.store import Store, StoreFailure, Txn
 from replica.store.memory import MemoryStore
@@ -92,7 +92,7 @@ class Engine:
         self._relay_run = runs.IDLE
         self._missing_memo: dict[Any, list[Any]] | None = None
         self._vv_memo: dict[str, VersionVector] | None = None  # version vectors read inside same_log()
-        self._spans = SpanCache()
+        self._spans = spans.SpanCache()
         #: Called with what a write transaction stored from elsewhere, before it commits (see :meth:`publish_to`).
         self._publisher: Publisher | None = None
         self._outgoing: list[Delta | Snapshot] = []
@@ -512,6 +512,52 @@ class Engine:
         """``run`` (adjacent deltas of one origin, contiguous seqs) as one
         span, merged once for every link it goes to (see ``replica.spans``)."""
         return self._spans.span(run)
+
+    def missing_spans(
+        self,
+        document: str,
+        remote: Mapping[str, int],
+        *,
+        upto: Mapping[str, int],
+        most: int | None = None,
+        most_bytes: int | None = None,
+        shortest: int = spans.SPAN_MIN,
+        longest: int = spans.SPAN_MAX,
+    ) -> list[Delta]:
+        """What :meth:`missing_deltas` answers (ending before the first delta
+        ``upto`` does not cover), with each run of at least ``shortest``
+        adjacent deltas of one origin as spans cut after every multiple of
+        ``longest`` seqs (``spans.aligned``): what a relay sends. Read run by
+        run from the log's index where it has one, and each span merged once
+        for every link (see ``replica.runindex``)."""
+        self._check_open()
+        out: list[Delta] = []
+        with self._log.read() as txn:
+            pieces = self._log.missing_pieces(
+                txn, document, remote, upto=upto, most=most, most_bytes=most_bytes, align=longest
+            )
+            if pieces is None:  # too fragmented to index: row by row, then grouped
+                found = self._log.missing(txn, document, remote, self._missing_memo, most=most, most_bytes=most_bytes)
+                held = list(itertools.takewhile(lambda d: d.seq <= upto.get(d.origin, 0), found))
+                return spans.group(held, self._spans.span, shortest=shortest, longest=longest)
+            for origin, piece in pieces:
+                if piece.span:
+                    out.extend(self._log.piece_deltas(txn, document, piece))
+                    continue
+                for first, last in spans.aligned(piece.first, piece.last, longest):
+                    made = self._spans.get(document, origin, first, last) if last - first + 1 >= shortest else None
+                    if made is not None:
+                        out.append(made)
+                        continue
+                    run = self._log.piece_deltas(txn, document, piece, first, last)
+                    if len(run) < shortest:
+                        out.extend(run)
+                        continue
+                    try:
+                        out.append(self._spans.span(run))
+                    except ValueError:  # pycrdt could not merge them: they go one by one
+                        out.extend(run)
+        return out
 
     def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None:
         """The snapshot of ``document``, if a replica holding ``remote`` lacks

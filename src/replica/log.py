@@ -67,6 +67,7 @@ import msgpack
 
 from replica import delta as deltas
 from replica.delta import CHECKSUM_SIZE, Delta
+from replica.runindex import Piece, RunIndex
 from replica.store import Store, Txn, prefix_end
 from replica.vv import VersionVector, count_missing, merge
 
@@ -137,6 +138,7 @@ class DeltaLog:
         self._vv: dict[int, dict[int, int]] = {}
         self._base_vv: dict[int, dict[int, int]] = {}
         self._decoded.clear()
+        self._runs: dict[int, RunIndex | None] = {}  # see missing_pieces; None: too many runs to keep
 
     # -- transactions --------------------------------------------------------
 
@@ -308,6 +310,7 @@ class DeltaLog:
             raise ValueError(f"a snapshot of {document!r} must cover the one it replaces")
         dropped = 0
         self._decoded.clear()  # rows go: their keys may be used again
+        self._runs.pop(doc, None)
         for number, top in numbers.items():
             start = _INDEX.pack(doc, number, 0)
             stop = _INDEX.pack(doc, number, top + 1)
@@ -426,6 +429,9 @@ class DeltaLog:
         txn.put("deltas", _U32.pack(doc) + packed_pos, head + data)
         txn.put("index", _INDEX.pack(doc, origin, seq), packed_pos)
         self._next_pos[doc] = pos + 1
+        runs = self._runs.get(doc)
+        if runs is not None and not runs.add(pos, origin, first or seq, seq, len(data), span=bool(first)):
+            self._runs[doc] = None
         vv[origin] = seq
 
     def _end_pos(self, txn: Txn, doc: int) -> int:
@@ -662,6 +668,97 @@ class DeltaLog:
             for scan in scans:
                 if isinstance(scan, Generator):
                     scan.close()
+
+    def missing_pieces(
+        self,
+        txn: Txn,
+        document: str,
+        remote: Mapping[str, int],
+        *,
+        upto: Mapping[str, int] | None = None,
+        most: int | None = None,
+        most_bytes: int | None = None,
+        align: int = 1,
+    ) -> list[tuple[str, Piece]] | None:
+        """What :meth:`missing` answers, as pieces of runs with their origin's
+        name, read from the document's :class:`~replica.runindex.RunIndex`
+        (built the first time) without reading a row; None if the document's
+        rows make too many runs to index (read them with :meth:`missing`).
+        ``upto`` (a version vector) ends the answer before the first delta it
+        does not cover, so it never holds one committed after ``upto`` was
+        read; ``most``, ``most_bytes`` and ``align`` bound it as
+        ``RunIndex.take`` does. :meth:`piece_deltas` reads a piece's deltas."""
+        doc = self._doc(txn, document)
+        if doc is None:
+            return []
+        runs = self._run_index(txn, doc)
+        if runs is None:
+            return None
+        base = self._base_numbers(txn, doc)
+        have: dict[int, int] = {}
+        limit: dict[int, int] = {}
+        wanted: list[tuple[int, int, int]] = []
+        for origin, held in self._cached_vv(txn, doc).items():
+            name = self._origin_name(txn, origin)
+            seen = max(remote.get(name, 0), base.get(origin, 0))
+            if upto is not None:
+                limit[origin] = upto.get(name, 0)
+            if seen < held:
+                have[origin] = seen
+                wanted.append((origin, seen, held))
+        firsts = [self._first_pos(txn, doc, origin, seen, held) for origin, seen, held in wanted]
+        start = min((pos for pos in firsts if pos is not None), default=None)
+        if start is None:
+            return []
+        pieces = runs.take(
+            _U64.unpack(start)[0],
+            have,
+            upto=None if upto is None else limit,
+            most=most,
+            most_bytes=most_bytes,
+            align=align,
+        )
+        return [(self._origin_name(txn, piece.origin), piece) for piece in pieces]
+
+    def piece_deltas(self, txn: Txn, document: str, piece: Piece, first: int = 0, last: int = 0) -> list[Delta]:
+        """The deltas of ``piece``, or of its seqs ``first..last`` only (a
+        stored span's piece: the span), read through the cache of decoded
+        rows. An index out of step with the rows is an internal error."""
+        doc = self._doc(txn, document)
+        assert doc is not None
+        name = self._origin_name(txn, piece.origin)
+        prefix = _U32.pack(doc)
+        if piece.span:
+            span = self._decode(txn, document, prefix + _U64.pack(piece.pos), None)
+            assert (span.origin, span.start, span.seq) == (name, piece.first, piece.last), "run index out of step"
+            return [span]
+        first, last = first or piece.first, last or piece.last
+        at = piece.pos + (first - piece.first)
+        out = [self._decode(txn, document, prefix + _U64.pack(at + step), None) for step in range(last - first + 1)]
+        assert all(d.origin == name and d.seq == first + k for k, d in enumerate(out)), "run index out of step"
+        return out
+
+    def _run_index(self, txn: Txn, doc: int) -> RunIndex | None:
+        if doc in self._runs:
+            return self._runs[doc]
+        runs: RunIndex | None = RunIndex()
+        prefix = _U32.pack(doc)
+        scan = txn.scan("deltas", prefix, prefix_end(prefix))
+        try:
+            for key, row in scan:
+                origin, seq = _ROW_ORIGIN.unpack_from(row)
+                span = bool(origin & _SPAN)
+                first = _U64.unpack_from(row, _HEAD)[0] if span else seq
+                size = len(row) - (_SPAN_HEAD if span else _HEAD)
+                assert runs is not None
+                if not runs.add(_U64.unpack_from(key, 4)[0], origin & ~_SPAN, first, seq, size, span=span):
+                    runs = None
+                    break
+        finally:
+            if isinstance(scan, Generator):
+                scan.close()
+        self._runs[doc] = runs
+        return runs
 
     # -- watermarks and unsynced ---------------------------------------------
 

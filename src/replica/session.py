@@ -111,6 +111,18 @@ class LogView(Protocol):
 
     def span_of(self, run: Sequence[Delta]) -> Delta: ...
 
+    def missing_spans(
+        self,
+        document: str,
+        remote: Mapping[str, int],
+        *,
+        upto: Mapping[str, int],
+        most: int | None = None,
+        most_bytes: int | None = None,
+        shortest: int = spans.SPAN_MIN,
+        longest: int = spans.SPAN_MAX,
+    ) -> list[Delta]: ...
+
     def partial_snapshots(self) -> dict[str, tuple[bytes, int]]: ...
 
     def partial_snapshot(self, document: str) -> wire.SnapshotPart | None: ...
@@ -652,9 +664,22 @@ class Session:
             return
         read = whole is not None
         limits = self.limits
-        for item in self.replica.missing_deltas(
-            document, state.queued, most=limits.pending_deltas, most_bytes=limits.pending_bytes
-        ):
+        if self.role == "relay" and limits.span_min and not any(name == document for name, _ in self._cuts):
+            # What it lacks as spans, read run by run; never past what was counted.
+            window = self.replica.missing_spans(
+                document,
+                state.queued,
+                upto=state.counted,
+                most=limits.pending_deltas,
+                most_bytes=limits.pending_bytes,
+                shortest=limits.span_min,
+                longest=limits.span_max,
+            )
+        else:
+            window = self.replica.missing_deltas(
+                document, state.queued, most=limits.pending_deltas, most_bytes=limits.pending_bytes
+            )
+        for item in window:
             queued = state.queued.get(item.origin, 0)
             cut = self._cuts.get((document, item.origin))
             if cut is not None and item.seq >= cut:  # refused for good: never offered, and not counted

@@ -24,6 +24,13 @@ receiver's saving exceeds the sender's cost. A relay fanning one commit out to
 many devices merges each run once: :class:`SpanCache` keeps recent spans by
 ``(document, origin, first, seq)``, which names their content exactly since
 deltas never change.
+
+A relay's links each lack a different part of the same runs, and read their
+backlogs a window at a time. So that they still share spans, a run is cut
+after every multiple of :data:`SPAN_MAX` seqs (:func:`aligned`), whatever part
+of it a link lacks, and windows end at such a cut too: a relay reads what a
+link lacks run by run (``Engine.missing_spans`` over ``replica.runindex``),
+and finds most pieces merged already.
 """
 
 from __future__ import annotations
@@ -90,9 +97,8 @@ class SpanCache:
         """The span of ``run``, merged once (see :func:`merge_run`); if pycrdt
         cannot merge it (it never fails on deltas it applied), ValueError."""
         key = (run[0].document, run[0].origin, run[0].start, run[-1].seq)
-        found = self._spans.get(key)
+        found = self.get(*key)
         if found is not None:
-            self._spans.move_to_end(key)
             return found
         made = merge_run(run)
         self._spans[key] = made
@@ -101,3 +107,23 @@ class SpanCache:
             _, dropped = self._spans.popitem(last=False)
             self._bytes -= len(dropped.data)
         return made
+
+    def get(self, document: str, origin: str, first: int, last: int) -> Delta | None:
+        """The span of seqs ``first..last`` of ``origin`` if it was made and is still kept."""
+        key = (document, origin, first, last)
+        found = self._spans.get(key)
+        if found is not None:
+            self._spans.move_to_end(key)
+        return found
+
+
+def aligned(first: int, last: int, longest: int = SPAN_MAX) -> list[tuple[int, int]]:
+    """Seqs ``first..last`` cut after each multiple of ``longest``: the
+    pieces every link of a relay makes of the same run alike, whatever part
+    of it each lacks, so that each piece is merged once (:class:`SpanCache`)."""
+    out = []
+    while first <= last:
+        end = min(last, (first + longest - 1) // longest * longest)
+        out.append((first, end))
+        first = end + 1
+    return out

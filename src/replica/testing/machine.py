@@ -116,7 +116,8 @@ class FleetMachine(RuleBasedStateMachine):
     def limits(self, data: st.DataObject) -> Limits:
         """The sessions' batching: small batches make more frames to reorder.
         A relay sends spans in batches of a few deltas (two make a span
-        there) and in large ones (the shipped least span). Sessions read
+        there, three at most, cut at multiples of three) and in large ones
+        (the shipped span sizes). Sessions read
         their backlog from the log as many deltas at a time as batches they
         keep in flight (1 to 4, at most 200 bytes), so that refills happen
         all the time, in the middle of batches too. (Derived, not drawn: a
@@ -132,6 +133,7 @@ class FleetMachine(RuleBasedStateMachine):
             start_batch_bytes=batch,
             max_batch_bytes=batch,
             span_min=2,
+            span_max=3,  # spans cut at multiples of 3: runs make several, windows end at aligned seqs
             **reads,
         )
 
