@@ -294,17 +294,20 @@ def test_a_backlog_is_read_a_window_at_a_time_and_counted_whole(device: Replica,
     assert dones == [last_deltas + 1]  # ``done`` once, after the last window
 
 
-def test_a_window_of_bytes_bounds_what_is_read(device: Replica, relay: Replica) -> None:
+def test_a_window_of_bytes_bounds_what_is_read(
+    device: Replica, relay: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fill(relay, 200)  # about 80 bytes a delta
     link = Wire(device, relay, limits=Limits(pending_bytes=500))
     pending: list[int] = []
-    refill = link.relay._refill
+    refill = Session._refill
 
-    def watched(document: str) -> None:
-        refill(document)
-        pending.append(len(link.relay._docs[document].pending))
+    def watched(self: Session, document: str) -> None:
+        refill(self, document)
+        if self is link.relay:
+            pending.append(len(self._docs[document].pending))
 
-    link.relay._refill = watched  # type: ignore[method-assign]
+    monkeypatch.setattr(Session, "_refill", watched)
     link.run()
     assert link.device.completed and device.version_vector(DOC) == {"relay-1": 200}
     assert max(pending) <= 7 and link.relay.sent == link.relay.to_send == 200

@@ -163,6 +163,19 @@ class RelaySession(Session):
     to every frame received (over its limit: an ``error`` frame with the
     limit's code, and the close)."""
 
+    __slots__ = (
+        "_bytes",
+        "_frames",
+        "_guard",
+        "_on_traffic",
+        "admitted",
+        "bytes_in",
+        "bytes_out",
+        "frames_in",
+        "frames_out",
+        "started_at",
+    )
+
     def __init__(
         self,
         replica: LogView,

@@ -131,17 +131,23 @@ class Link:
         self.hub = hub
         self.timeout = timeout  # silence allowed once the session is open (None: forever, pings keep it honest)
         self.handshake_timeout = handshake_timeout  # silence allowed before it is
-        self._wake = asyncio.Event()
+        # What the writer waits on when it has nothing to send: a future, not an asyncio.Event (whose
+        # waiters' deque costs 760 bytes a link, most links being idle).
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._stop = False
 
     def wake(self) -> None:
         """The session may have frames to send."""
-        self._wake.set()
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def stop(self) -> None:
         """Finish sending what is queued, then close."""
         self._stop = True
-        self._wake.set()
+        self.wake()
 
     async def run(self) -> None:
         """Read until the session or the connection ends; flush and close."""
@@ -184,8 +190,13 @@ class Link:
         session closed), send the rest and close the connection, which also
         ends the reader."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._woken:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            self._woken = False
             for frame in self.session.data_to_send(time.time()):
                 await self.ws.send(frame)
             if self._stop or self.session.closed:

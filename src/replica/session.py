@@ -208,7 +208,7 @@ class _Whole:
     count: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _Doc:
     remote: VersionVector  # what the other side is known to hold durably
     queued: VersionVector  # what is read into ``pending`` or sent, or known held there
@@ -237,6 +237,49 @@ def _uncounted(state: _Doc, vv: Mapping[str, int]) -> int:
 
 class Session:
     """One end of one sync link. See the module docstring."""
+
+    # Slots, not a __dict__: a relay holds one per connection, most of them idle (docs/benchmarks.md).
+    __slots__ = (
+        "__weakref__",  # relay_ops keeps what it watches of each session by weak reference
+        "_allows",
+        "_authorize",
+        "_batch_bytes",
+        "_cuts",
+        "_docs",
+        "_events",
+        "_grant",
+        "_in_flight",
+        "_last_ack_at",
+        "_offered",
+        "_out",
+        "_parts",
+        "_pending_begin",
+        "_remote_done",
+        "_resume",
+        "_sent_done",
+        "_trust",
+        "_turn",
+        "_unsettled",
+        "_wanted",
+        "_welcome_extras",
+        "authenticated",
+        "completed",
+        "credential",
+        "error",
+        "initiator",
+        "limits",
+        "mode",
+        "opened",
+        "received",
+        "remote_id",
+        "remote_role",
+        "replica",
+        "role",
+        "sent",
+        "state",
+        "to_receive",
+        "to_send",
+    )
 
     def __init__(
         self,
@@ -280,7 +323,8 @@ class Session:
         self._docs: dict[str, _Doc] = {}
         self._out: list[bytes] = []
         self._events: list[Event] = []
-        self._in_flight: deque[tuple[str, int, float]] = deque()  # document, deltas, sent at
+        # document, deltas, sent at: at most ``limits.window`` (a list: a deque is 760 bytes even empty)
+        self._in_flight: list[tuple[str, int, float]] = []
         self._last_ack_at = 0.0
         self._batch_bytes = self.limits.start_batch_bytes
         self._sent_done = False
@@ -745,7 +789,7 @@ class Session:
         state = self._docs.get(ack.document)
         if state is None or not self._in_flight:
             raise ReplicaError("an ack for nothing in flight", code="unexpected_frame")
-        document, count, sent_at = self._in_flight.popleft()
+        document, count, sent_at = self._in_flight.pop(0)
         if document != ack.document:
             raise ReplicaError("acks arrived out of order", code="unexpected_frame")
         # The time this batch took the other side, not the time it queued there behind the others in flight.

@@ -429,7 +429,9 @@ class Fleet:
         if isinstance(decoded, wire.Welcome):
             for name, vv in decoded.documents.items():
                 merge(said.setdefault(name, {}), vv)
-        elif isinstance(decoded, wire.Ack):
+        elif isinstance(decoded, (wire.Ack, wire.SnapshotPart)) or (
+            isinstance(decoded, wire.Opened) and decoded.denied is None
+        ):
             merge(said.setdefault(decoded.document, {}), decoded.vv)
         elif isinstance(decoded, wire.Deltas):
             merge(said.setdefault(decoded.document, {}), of_deltas(decoded.deltas))
