@@ -94,10 +94,11 @@ class DecodedRows:
     oldest out first: the links of a relay reading the same rows at different
     times (each its own window of its backlog) decode each row once.
 
-    A row never changes under its key while it exists; a key can be used
-    again only after the rows at the end of a document are deleted, so
-    :meth:`DeltaLog.set_base` (which deletes rows) and a failed write (after
-    which the next ``pos`` is read again from disk) empty it."""
+    A row never changes under its key while it exists (but for the one
+    rewrite of :meth:`DeltaLog.recompute_checksums`, which empties it); a key
+    can be used again only after the rows at the end of a document are
+    deleted, so :meth:`DeltaLog.set_base` (which deletes rows) and a failed
+    write (after which the next ``pos`` is read again from disk) empty it."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -465,6 +466,8 @@ class DeltaLog:
             start = chunk[-1][0] + b"\x00"
         for key, _ in list(txn.scan("partials")):
             txn.delete("partials", key)
+        if rewritten:
+            self._decoded.clear()  # those rows changed under their keys
         return rewritten
 
     def checksum_of(self, txn: Txn, document: str, origin: str, seq: int) -> bytes | None:

@@ -682,7 +682,10 @@ class Session:
         """Read the next window of what the other side lacks into ``pending``
         (called when it is empty): the snapshot first if the other side lacks
         some of what it covers, then at most ``pending_deltas`` deltas, or
-        ``pending_bytes``, of the counted ones after ``queued``.
+        ``pending_bytes``, of the counted ones after ``queued`` (a relay's:
+        as spans, run by run, to the next multiple of ``span_max`` seqs
+        past that bound and never past ``counted``; see
+        ``Engine.missing_spans``).
 
         Why a window keeps causality: ``missing_deltas`` answers in the order
         this log applied the deltas, and a prefix of that order holds, with
