@@ -46,6 +46,7 @@ from benchmarks.relay import (
     LIVE_DOCUMENT,
     ServerProcess,
     _Children,
+    _paced,
     _receivers_main,
     _scratch,
     cpu_seconds,
@@ -189,19 +190,6 @@ async def settle(pids: list[int], timeout: float = SETTLE_SECONDS) -> None:
             raise BenchmarkFailed(f"processes {pids} were still busy {timeout} s after the work")
 
 
-async def paced(count: int, rate: float, write: Callable[[int], None]) -> float:
-    """Call ``write(k)`` for k < count at ``rate`` per second, yielding to the
-    event loop before every write even when behind schedule (a writer whose
-    durable puts take longer than 1/rate would otherwise starve its own live
-    sync until the end); the achieved rate."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for k in range(count):
-        await asyncio.sleep(max(0.0, start + k / rate - loop.time()))
-        write(k)
-    return count / (loop.time() - start) if count > 1 else rate
-
-
 # -- 1. upload ---------------------------------------------------------------
 
 
@@ -290,7 +278,7 @@ async def _fanout_run(dirs: Iterator[Path], redis: RedisServer, readers: int, co
                     sent_at.append(time.time())
                     records.put(f"k{k}", {"t": sent_at[-1], "i": k})
 
-                write_rate = await paced(count, rate, write)
+                write_rate = await _paced(count, rate, write)
                 seconds = time.monotonic() - began
                 used = cpu.used()
                 rows, problems = await children.collect(count, sent_at)

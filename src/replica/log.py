@@ -549,12 +549,7 @@ class DeltaLog:
         doc = self._doc(txn, document)
         if doc is None:
             return []
-        base = self._base_numbers(txn, doc)
-        wanted: list[tuple[int, int, int]] = []  # origin, have, held
-        for origin, held in self._cached_vv(txn, doc).items():
-            have = max(remote.get(self._origin_name(txn, origin), 0), base.get(origin, 0))
-            if have < held:
-                wanted.append((origin, have, held))
+        wanted = self._wanted(txn, doc, remote)
         lacking = sum(held - have for _, have, held in wanted)
         if (most is None and most_bytes is None) or (memo is not None and (most is None or lacking <= most)):
             found = self._whole_runs(txn, document, doc, wanted, memo)
@@ -609,8 +604,7 @@ class DeltaLog:
         first wanted one, skipping the rows the remote holds by their head;
         sparse, the per-origin index runs merged by ``pos`` (a big-endian
         number, so bytes compare as numbers), one row read per delta taken."""
-        firsts = [self._first_pos(txn, doc, origin, have, held) for origin, have, held in wanted]
-        start = min((pos for pos in firsts if pos is not None), default=None)
+        start = self._first_wanted_pos(txn, doc, wanted)
         if start is None:
             return []
         end = self._end_pos(txn, doc)
@@ -630,6 +624,23 @@ class DeltaLog:
         finally:
             rows.close()  # its store cursors close now, inside the transaction
         return out
+
+    def _wanted(self, txn: Txn, doc: int, remote: Mapping[str, int]) -> list[tuple[int, int, int]]:
+        """``(origin, have, held)`` for each origin of ``doc`` of which a remote
+        holding ``remote`` lacks rows (what the snapshot covers it never lacks
+        as rows: see :meth:`base`)."""
+        base = self._base_numbers(txn, doc)
+        wanted = []
+        for origin, held in self._cached_vv(txn, doc).items():
+            have = max(remote.get(self._origin_name(txn, origin), 0), base.get(origin, 0))
+            if have < held:
+                wanted.append((origin, have, held))
+        return wanted
+
+    def _first_wanted_pos(self, txn: Txn, doc: int, wanted: list[tuple[int, int, int]]) -> bytes | None:
+        """The ``pos`` of the first row any of ``wanted`` lacks (None: none)."""
+        firsts = [self._first_pos(txn, doc, origin, have, held) for origin, have, held in wanted]
+        return min((pos for pos in firsts if pos is not None), default=None)
 
     @staticmethod
     def _first_pos(txn: Txn, doc: int, origin: int, have: int, held: int) -> bytes | None:
@@ -697,26 +708,17 @@ class DeltaLog:
         runs = self._run_index(txn, doc)
         if runs is None:
             return None
-        base = self._base_numbers(txn, doc)
-        have: dict[int, int] = {}
-        limit: dict[int, int] = {}
-        wanted: list[tuple[int, int, int]] = []
-        for origin, held in self._cached_vv(txn, doc).items():
-            name = self._origin_name(txn, origin)
-            seen = max(remote.get(name, 0), base.get(origin, 0))
-            if upto is not None:
-                limit[origin] = upto.get(name, 0)
-            if seen < held:
-                have[origin] = seen
-                wanted.append((origin, seen, held))
-        firsts = [self._first_pos(txn, doc, origin, seen, held) for origin, seen, held in wanted]
-        start = min((pos for pos in firsts if pos is not None), default=None)
+        wanted = self._wanted(txn, doc, remote)
+        start = self._first_wanted_pos(txn, doc, wanted)
         if start is None:
             return []
+        limit = None
+        if upto is not None:  # take() reads it for the wanted origins only
+            limit = {origin: upto.get(self._origin_name(txn, origin), 0) for origin, _, _ in wanted}
         pieces = runs.take(
             _U64.unpack(start)[0],
-            have,
-            upto=None if upto is None else limit,
+            {origin: seen for origin, seen, _ in wanted},
+            upto=limit,
             most=most,
             most_bytes=most_bytes,
             align=align,
