@@ -620,6 +620,14 @@ def the_run_index_outlives_a_snapshot() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def spans_ignore_their_byte_bound() -> Iterator[None]:
+    """A relay merges runs of large deltas into spans of any size: a span is
+    one delta to its receiver, which refuses one above its limit for good."""
+    with _patched(spans, "SPAN_MAX_BYTES", 2**62):
+        yield
+
+
 FAULTS = [
     apply_ahead_of_a_gap,
     ack_before_commit,
@@ -783,6 +791,11 @@ def _identity_altered_in_ingest() -> None:
         test_ingest.test_a_delta_whose_identity_was_altered_is_refused(target, deltas, index, change)
 
 
+def _a_large_delta_after_a_run() -> None:
+    with tempfile.TemporaryDirectory() as path:
+        test_net.test_a_span_never_holds_more_than_a_device_accepts_as_one_delta(Path(path))
+
+
 def _row_key_used_again() -> None:
     with tempfile.TemporaryDirectory() as path:
         try:
@@ -824,6 +837,7 @@ DIRECT = [
     (checksum_of_the_bytes_only, _identity_altered_in_ingest),
     (decoded_rows_are_never_forgotten, _row_key_used_again),
     (the_run_index_outlives_a_snapshot, _row_key_used_again),
+    (spans_ignore_their_byte_bound, _a_large_delta_after_a_run),
 ]
 
 

@@ -203,3 +203,60 @@ async def returns(call: Coroutine[Any, Any, SyncStatus], seconds: float) -> Sync
         return await asyncio.wait_for(call, seconds)
     except TimeoutError:
         raise AssertionError(f"the call did not return within {seconds} s") from None
+
+
+async def _a_new_device_joins(tmp_path: Path, sizes: list[int]) -> tuple[SyncStatus, dict[str, int], bool]:
+    """A writer puts one record of ``sizes[i]`` random bytes for each i in one
+    batch, uploads them to a relay and a fresh device syncs once: its
+    status, version vector, and whether it holds the writer's last record."""
+    async with Relay(tmp_path / "relay", port=0) as relay:
+
+        def token(replica_id: str) -> str:
+            return relay.issue_credential(replica_id, ["c7/*"], expires_at=time.time() + 3600)
+
+        with Replica.in_memory(replica_id="dev-w") as writer, Replica.in_memory(replica_id="dev-n") as fresh:
+            rows = writer.doc("c7/h").records("r")
+            with writer.batch():
+                for i, size in enumerate(sizes):
+                    rows.put(f"k{i}", {"blob": random.Random(i).randbytes(size)})
+            uploaded = await writer.sync(relay.url, credential=token("dev-w"), timeout=10)
+            assert uploaded.state is SyncState.SYNCED, uploaded
+            got = await fresh.sync(relay.url, credential=token("dev-n"), timeout=5)
+            last = f"k{len(sizes) - 1}"
+            return got, fresh.version_vector("c7/h"), fresh.doc("c7/h").records("r").get(last) == rows.get(last)
+
+
+def test_a_backlog_of_large_deltas_reaches_a_new_device_whole_while_the_relay_waits_on_its_socket(
+    tmp_path: Path,
+) -> None:
+    """400 deltas of 30 kB (12 MB) to a fresh device: the relay sends them
+    as spans of at most ``spans.SPAN_MAX_BYTES`` (a span is one delta to the
+    device, which refuses one above its 8 MiB limit for good), and its
+    writes outrun the socket, so its link's writer task sends what the
+    connection makes wait, in order, to the end."""
+    waited: list[bool] = []  # for each writer task: started while the link still runs (not to close it)
+    write_loop = net.Link._write_loop
+
+    async def counted(self: net.Link) -> None:
+        waited.append(not self._stop)
+        await write_loop(self)
+
+    net.Link._write_loop = counted  # type: ignore[method-assign]
+    try:
+        got, held, last = asyncio.run(asyncio.wait_for(_a_new_device_joins(tmp_path, [30_000] * 400), 60))
+    finally:
+        net.Link._write_loop = write_loop  # type: ignore[method-assign]
+    assert got.state is SyncState.SYNCED and held == {"dev-w": 400} and last, (got, held)
+    assert any(waited), "no link ever had to wait on its socket: the test did not test that path"
+
+
+def test_a_span_never_holds_more_than_a_device_accepts_as_one_delta(tmp_path: Path) -> None:
+    """One delta just under the 8 MiB a device accepts among 3,000 small
+    ones: a relay reads windows of what a device lacks by the run's average
+    row size, so its first window holds the large delta and 137 small ones,
+    which merged would make one span above that limit, refused for good. A
+    span holds at most ``spans.SPAN_MAX_BYTES``, so the large one goes apart."""
+    sizes = [1_000] * 3_016
+    sizes[15] = 8_300_000
+    got, held, last = asyncio.run(asyncio.wait_for(_a_new_device_joins(tmp_path, sizes), 60))
+    assert got.state is SyncState.SYNCED and held == {"dev-w": 3_016} and last, (got, held)

@@ -44,6 +44,9 @@ def test_a_bounded_answer_ends_at_a_multiple_of_align() -> None:
     assert runs.take(1, {1: 0}, most=3) == [Piece(1, 1, 3, 1, False, 30)]
     assert runs.take(1, {1: 0}, most=12, align=8) == [Piece(1, 1, 10, 1, False, 100), Piece(1, 11, 16, 17, False, 60)]
     assert runs.take(1, {1: 0}, most_bytes=25, align=1) == [Piece(1, 1, 3, 1, False, 30)]
+    # Bounded by bytes, it goes on to the multiple of align only if the rows to there hold at most as many again.
+    assert runs.take(1, {1: 0}, most_bytes=60, align=8) == [Piece(1, 1, 8, 1, False, 80)]
+    assert runs.take(1, {1: 0}, most_bytes=25, align=8) == [Piece(1, 1, 3, 1, False, 30)]
     # At least one row, whatever the bound.
     assert runs.take(1, {3: 0}, most=1, most_bytes=1) == [Piece(3, 1, 4, 16, True, 40)]
 

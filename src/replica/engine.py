@@ -550,13 +550,8 @@ class Engine:
                         out.append(made)
                         continue
                     run = self._log.piece_deltas(txn, document, piece, first, last)
-                    if len(run) < shortest:
-                        out.extend(run)
-                        continue
-                    try:
-                        out.append(self._spans.span(run))
-                    except ValueError:  # pycrdt could not merge them: they go one by one
-                        out.extend(run)
+                    # As spans (cut sooner if the deltas are large; one by one if pycrdt cannot merge them).
+                    out.extend(spans.group(run, self._spans.span, shortest=shortest, longest=longest))
         return out
 
     def snapshot_for(self, document: str, remote: Mapping[str, int]) -> Snapshot | None:

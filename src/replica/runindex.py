@@ -104,7 +104,8 @@ class RunIndex:
         applied order. With ``upto`` (origin number -> seq), it ends before
         the first row of a seq above ``upto``'s. With ``most`` (rows) or
         ``most_bytes``, a prefix: it stops once either is reached, at the next
-        multiple of ``align`` seqs (or the end of the run) after that point."""
+        multiple of ``align`` seqs (or the end of the run) after that point,
+        unless the rows to there hold more than ``most_bytes`` more."""
         out: list[Piece] = []
         rows = size = 0
         index = max(0, bisect_right(self._pos, start) - 1)
@@ -136,7 +137,10 @@ class RunIndex:
                     by_bytes = max(1, -(-int(most_bytes - size) // max(1, int(per_row))))
                     room = by_bytes if room is None else min(room, by_bytes)
                 if room is not None and begin + room - 1 < last:
-                    end = min(last, -(-(begin + room - 1) // align) * align)  # up to a multiple of align
+                    end = begin + room - 1
+                    cut = min(last, -(-end // align) * align)  # up to a multiple of align
+                    if most_bytes is None or per_row * (cut - end) <= most_bytes:  # unless rows are large
+                        end = cut
                 capped = False
                 if cap is not None and end > cap:
                     end, capped = cap, True

@@ -20,7 +20,9 @@ exact delta refused; they pass on spans they hold as spans.
 
 ``merge_updates`` is quadratic (PYCRDT-FACTS.md), so runs are merged at most
 :data:`SPAN_MAX` deltas at a time, and only from :data:`SPAN_MIN` up, where the
-receiver's saving exceeds the sender's cost. A relay fanning one commit out to
+receiver's saving exceeds the sender's cost; and at most
+:data:`SPAN_MAX_BYTES` of them, since the receiver takes a span as one delta
+(and refuses one above its ``max_delta_bytes`` for good). A relay fanning one commit out to
 many devices merges each run once: :class:`SpanCache` keeps recent spans by
 ``(document, origin, first, seq)``, which names their content exactly since
 deltas never change.
@@ -28,7 +30,8 @@ deltas never change.
 A relay's links each lack a different part of the same runs, and read their
 backlogs a window at a time. So that they still share spans, a run is cut
 after every multiple of :data:`SPAN_MAX` seqs (:func:`aligned`), whatever part
-of it a link lacks, and windows end at such a cut too: a relay reads what a
+of it a link lacks, and windows end at such a cut too (unless its rows are
+large: a window stays within about twice its byte bound): a relay reads what a
 link lacks run by run (``Engine.missing_spans`` over ``replica.runindex``),
 and finds most pieces merged already.
 """
@@ -46,12 +49,19 @@ from replica.doc import merged_run
 SPAN_MIN = 16
 #: Longest run merged into one span.
 SPAN_MAX = 512
+#: Most bytes of deltas merged into one span. A span is one delta to its
+#: receiver, which refuses a delta above its ``max_delta_bytes`` (8 MiB by
+#: default) for good, and goes whole in one frame: runs of large deltas are
+#: cut sooner, and a delta this large goes as it is.
+SPAN_MAX_BYTES = 1024 * 1024
 
 
 def merge_run(run: Sequence[Delta]) -> Delta:
     """One span holding ``run`` (adjacent deltas of one origin, contiguous
     seqs; spans among them too). Raises :class:`ValueError` if pycrdt cannot
-    merge them."""
+    merge them, or if they hold more than :data:`SPAN_MAX_BYTES`."""
+    if len(run) > 1 and sum(len(item.data) for item in run) > SPAN_MAX_BYTES:
+        raise ValueError(f"{len(run)} deltas of more than {SPAN_MAX_BYTES} bytes in all are not merged")
     data = merged_run([item.data for item in run])
     last = run[-1]
     return deltas.make(last.document, last.origin, last.seq, data, run[0].start)
@@ -62,9 +72,12 @@ def group(
 ) -> list[Delta]:
     """``items`` with every run of at least ``shortest`` adjacent deltas of
     one origin with contiguous seqs replaced by ``merge(run)``, in order (a
-    run that ``merge`` refuses with ValueError stays as it is)."""
+    run that ``merge`` refuses with ValueError stays as it is). A run is cut
+    after ``longest`` deltas, or before the delta that would take its bytes
+    past :data:`SPAN_MAX_BYTES`."""
     out: list[Delta] = []
     run: list[Delta] = []
+    size = 0
 
     def flush() -> None:
         try:
@@ -78,9 +91,16 @@ def group(
         run.clear()
 
     for item in items:
-        if run and (item.origin != run[-1].origin or item.start != run[-1].seq + 1 or len(run) >= longest):
+        if run and (
+            item.origin != run[-1].origin
+            or item.start != run[-1].seq + 1
+            or len(run) >= longest
+            or size + len(item.data) > SPAN_MAX_BYTES
+        ):
             flush()
+            size = 0
         run.append(item)
+        size += len(item.data)
     flush()
     return out
 
