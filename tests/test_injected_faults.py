@@ -40,6 +40,7 @@ import test_log
 import test_malformed
 import test_net
 import test_redis_log
+import test_replica
 import test_runs
 import test_snapshots
 import test_trust
@@ -621,10 +622,47 @@ def the_run_index_outlives_a_snapshot() -> Iterator[None]:
 
 
 @contextmanager
+def the_fan_out_answers_every_link_alike() -> Iterator[None]:
+    """Inside ``same_log()`` (a relay fanning a commit out), ``missing_spans``
+    answers each document once, whatever point a link is at: a link behind
+    the first gets a window with a gap before it, one ahead deltas it holds."""
+    real = Engine._missing_spans
+
+    def by_document(self: Engine, document: str, remote: Any, *args: Any) -> Any:
+        answers = self._answers
+        if answers is None:
+            return real(self, document, remote, *args)
+        key = ("fault", document)
+        if key not in answers:
+            answers[key] = real(self, document, remote, *args)
+        return answers[key]
+
+    with _patched(Engine, "_missing_spans", by_document):
+        yield
+
+
+@contextmanager
 def spans_ignore_their_byte_bound() -> Iterator[None]:
     """A relay merges runs of large deltas into spans of any size: a span is
     one delta to its receiver, which refuses one above its limit for good."""
     with _patched(spans, "SPAN_MAX_BYTES", 2**62):
+        yield
+
+
+@contextmanager
+def a_waiting_link_drops_what_it_holds() -> Iterator[None]:
+    """A link whose connection makes writes wait gives up on the frames it
+    was handed instead of sending them once the connection takes them."""
+    real = net.Link._write_loop
+
+    async def dropping(self: net.Link) -> None:
+        if self._stop or self.session.closed:
+            return await real(self)
+        self._woken = False
+        self.session.data_to_send(time.time())
+        self._writer = None
+
+    with _patched(net.Link, "_write_loop", dropping):
         yield
 
 
@@ -791,6 +829,13 @@ def _identity_altered_in_ingest() -> None:
         test_ingest.test_a_delta_whose_identity_was_altered_is_refused(target, deltas, index, change)
 
 
+def _large_deltas_to_a_new_device() -> None:
+    with tempfile.TemporaryDirectory() as path:
+        test_net.test_a_backlog_of_large_deltas_reaches_a_new_device_whole_while_the_relay_waits_on_its_socket(
+            Path(path)
+        )
+
+
 def _a_large_delta_after_a_run() -> None:
     with tempfile.TemporaryDirectory() as path:
         test_net.test_a_span_never_holds_more_than_a_device_accepts_as_one_delta(Path(path))
@@ -837,7 +882,9 @@ DIRECT = [
     (checksum_of_the_bytes_only, _identity_altered_in_ingest),
     (decoded_rows_are_never_forgotten, _row_key_used_again),
     (the_run_index_outlives_a_snapshot, _row_key_used_again),
+    (the_fan_out_answers_every_link_alike, test_replica.test_same_log_answers_spans_and_snapshots_once_per_point),
     (spans_ignore_their_byte_bound, _a_large_delta_after_a_run),
+    (a_waiting_link_drops_what_it_holds, _large_deltas_to_a_new_device),
 ]
 
 

@@ -147,3 +147,52 @@ def test_same_log_reads_each_delta_once_and_never_serves_stale_deltas() -> None:
         assert [d.seq for d in replica.missing_deltas("d", {})] == [1, 2]
         assert [d.seq for d in replica.missing_deltas("d", {}, most=1)] == [1]
         assert reads == [1, 2]
+
+
+def test_same_log_answers_spans_and_snapshots_once_per_point() -> None:
+    """What a relay's fan-out asks for every link: each (point, bound) read
+    once inside same_log(), every other point its own answer, a commit
+    inside the block dropping what was answered."""
+    with Replica.in_memory(replica_id="dev-a") as replica:
+        recs = replica.doc("d").records("r")
+        with replica.batch():
+            for i in range(6):
+                recs.put(str(i), {"n": i})
+        replica.compact(["d"], bound=None, keep=4)  # a snapshot of seqs 1-2, the rest one by one
+        reads: list[str] = []
+        pieces, base = replica._log.missing_pieces, replica._log.base
+
+        def counting_pieces(*args, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append("pieces")
+            return pieces(*args, **kwargs)
+
+        def counting_base(*args, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append("base")
+            return base(*args, **kwargs)
+
+        replica._log.missing_pieces = counting_pieces  # type: ignore[method-assign]
+        replica._log.base = counting_base  # type: ignore[method-assign]
+
+        def spans(remote: dict[str, int], upto: dict[str, int]) -> list[tuple[int, int]]:
+            found = replica.missing_spans("d", remote, upto=upto, shortest=2, longest=3)
+            return [(d.first or d.seq, d.seq) for d in found]
+
+        def snapshot(remote: dict[str, int]) -> object:
+            found = replica.snapshot_for("d", remote)
+            return None if found is None else found.vv
+
+        with replica.same_log():
+            assert snapshot({}) == {"dev-a": 2}
+            assert snapshot({}) == {"dev-a": 2}
+            assert snapshot({"dev-a": 2}) is None
+            assert spans({"dev-a": 2}, {"dev-a": 6}) == [(3, 3), (4, 6)]
+            assert spans({"dev-a": 2}, {"dev-a": 6}) == [(3, 3), (4, 6)]
+            assert reads == ["base", "pieces"]
+            assert spans({"dev-a": 3}, {"dev-a": 6}) == [(4, 6)]  # another point: its own answer
+            assert spans({"dev-a": 2}, {"dev-a": 4}) == [(3, 3), (4, 4)]  # another bound: its own answer
+            assert reads == ["base", "pieces", "pieces", "pieces"]
+            recs.put("6", {"n": 6})  # a commit inside the block drops what was answered
+            assert spans({"dev-a": 2}, {"dev-a": 7}) == [(3, 3), (4, 6), (7, 7)]
+            assert snapshot({}) == {"dev-a": 2}
+            assert reads[-2:] == ["pieces", "base"]
+        assert spans({"dev-a": 2}, {"dev-a": 7}) == [(3, 3), (4, 6), (7, 7)]

@@ -92,6 +92,8 @@ class Engine:
         self._relay_run = runs.IDLE
         self._missing_memo: dict[Any, list[Any]] | None = None
         self._vv_memo: dict[str, VersionVector] | None = None  # version vectors read inside same_log()
+        #: What missing_spans and snapshot_for answered inside same_log(), by their arguments.
+        self._answers: dict[tuple[Any, ...], Any] | None = None
         self._spans = spans.SpanCache()
         #: Called with what a write transaction stored from elsewhere, before it commits (see :meth:`publish_to`).
         self._publisher: Publisher | None = None
@@ -421,6 +423,8 @@ class Engine:
                 self._missing_memo.clear()
             if self._vv_memo:
                 self._vv_memo.clear()
+            if self._answers:
+                self._answers.clear()
         if outermost and (self._touched or self._status_dirty):
             self._notify_changes()
         if outermost:
@@ -531,6 +535,26 @@ class Engine:
         run from the log's index where it has one, and each span merged once
         for every link (see ``replica.runindex``)."""
         self._check_open()
+        answers = self._answers
+        if answers is None:
+            return self._missing_spans(document, remote, upto, most, most_bytes, shortest, longest)
+        key = ("spans", document, *sorted(remote.items()), None, *sorted(upto.items()), most, most_bytes)
+        key += (shortest, longest)
+        found = answers.get(key)
+        if found is None:  # inside same_log(): every link of a fan-out at the same point asks for the same
+            found = answers[key] = self._missing_spans(document, remote, upto, most, most_bytes, shortest, longest)
+        return list(found)
+
+    def _missing_spans(
+        self,
+        document: str,
+        remote: Mapping[str, int],
+        upto: Mapping[str, int],
+        most: int | None,
+        most_bytes: int | None,
+        shortest: int,
+        longest: int,
+    ) -> list[Delta]:
         out: list[Delta] = []
         with self._log.read() as txn:
             pieces = self._log.missing_pieces(
@@ -558,13 +582,20 @@ class Engine:
         """The snapshot of ``document``, if a replica holding ``remote`` lacks
         some of what it covers (those deltas are held here only as it)."""
         self._check_open()
+        answers = self._answers
+        key = ("snapshot", document, *sorted(remote.items()))
+        if answers is not None and key in answers:  # inside same_log(), as missing_spans
+            return answers[key]  # type: ignore[no-any-return]
         with self._log.read() as txn:  # on every refill of every link: read the state only when it is sent
             if covers(remote, self._log.base_vv(txn, document)):
-                return None
-            found = self._log.base(txn, document)
-        assert found is not None
-        vv, data = found
-        return deltas.make_snapshot(document, vv, data)
+                found = None
+            else:
+                found = self._log.base(txn, document)
+                assert found is not None
+        snapshot = None if found is None else deltas.make_snapshot(document, *found)
+        if answers is not None:
+            answers[key] = snapshot
+        return snapshot
 
     def state_snapshot(self, document: str) -> Snapshot:
         """The whole state of ``document`` now, as a snapshot standing for
@@ -684,17 +715,19 @@ class Engine:
 
     @contextmanager
     def same_log(self) -> Iterator[None]:
-        """A block in which nothing commits, so that :meth:`missing_deltas`
-        answers each ``(document, version vector)`` once, and
-        :meth:`version_vector` each document once: a relay fanning one commit
-        out to many live links at the same point reads the log once."""
-        outer, outer_vv = self._missing_memo, self._vv_memo
+        """A block in which nothing commits, so that :meth:`missing_deltas`,
+        :meth:`missing_spans` and :meth:`snapshot_for` answer each
+        ``(document, version vector)`` once, and :meth:`version_vector` each
+        document once: a relay fanning one commit out to many live links at
+        the same point reads the log once."""
+        outer, outer_vv, outer_answers = self._missing_memo, self._vv_memo, self._answers
         self._missing_memo = {} if outer is None else outer
         self._vv_memo = {} if outer_vv is None else outer_vv
+        self._answers = {} if outer_answers is None else outer_answers
         try:
             yield
         finally:
-            self._missing_memo, self._vv_memo = outer, outer_vv
+            self._missing_memo, self._vv_memo, self._answers = outer, outer_vv, outer_answers
 
     def ingest(self, incoming: Iterable[Delta]) -> IngestResult:
         """Store and apply deltas from another replica, in the order given.

@@ -6,8 +6,9 @@ this module only moves bytes and time:
 
 - :class:`Hub` settles the sessions of all its links in one commit per
   event-loop turn (group commit), then wakes their writers;
-- :class:`Link` runs one websocket: a reader feeding the session and a writer
-  draining it;
+- :class:`Link` runs one websocket: a reader feeding the session, which
+  writes what the session queues at once, or through a writer task while
+  the connection makes it wait;
 - :func:`sync_once` and :func:`sync_live` are the device side of
   ``Replica.sync``; live syncs reconnect with capped exponential backoff and
   jitter, and stop on errors that retrying cannot fix.
@@ -131,18 +132,46 @@ class Link:
         self.hub = hub
         self.timeout = timeout  # silence allowed once the session is open (None: forever, pings keep it honest)
         self.handshake_timeout = handshake_timeout  # silence allowed before it is
-        # What the writer waits on when it has nothing to send: a future, not an asyncio.Event (whose
-        # waiters' deque costs 760 bytes a link, most links being idle).
+        # The writer task, only while frames wait for the connection (or for the close); most links are
+        # idle and write at once (see wake()), so most have none. It waits on a future when it has
+        # nothing to send: not an asyncio.Event, whose waiters' deque costs 760 bytes.
+        self._writer: asyncio.Task[None] | None = None
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
         self._stop = False
 
     def wake(self) -> None:
-        """The session may have frames to send."""
+        """The session may have frames to send: written now when no writer
+        task is at work and the connection takes them without waiting
+        (:meth:`_write_now`), else by the writer task, started if need be."""
         self._woken = True
+        if self._writer is None:
+            if not self._stop and self._write_now():
+                return
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _write_now(self) -> bool:
+        """Write what the session queued at once, as ``ws.send`` would
+        (websockets' own protocol object frames each message; its transport
+        writes them), when that cannot wait: the connection is open and its
+        transport is not pausing writes. This spares a relay fanning a commit
+        out to many links a task switch and a coroutine per frame. False:
+        the writer task must do it (or close the connection)."""
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or ws.paused or self.session.closed:
+            return False
+        self._woken = False
+        frames = self.session.data_to_send(time.time())
+        if frames:
+            for frame in frames:
+                ws.protocol.send_binary(frame)
+            for data in ws.protocol.data_to_send():
+                ws.transport.write(data)
+        return not self.session.closed
 
     def stop(self) -> None:
         """Finish sending what is queued, then close."""
@@ -151,12 +180,12 @@ class Link:
 
     async def run(self) -> None:
         """Read until the session or the connection ends; flush and close."""
-        writer = asyncio.create_task(self._write_loop())
         try:
             while not self.session.closed:
                 limit = self._silence_allowed()
                 try:
-                    message = await asyncio.wait_for(self.ws.recv(), limit)
+                    async with asyncio.timeout(limit):  # not wait_for, which makes a task of every recv()
+                        message = await self.ws.recv()
                 except TimeoutError:
                     if self._silence_allowed() is None:
                         continue  # it caught up meanwhile (settled after the wait began): quiet is fine now
@@ -171,6 +200,8 @@ class Link:
             self.hub.kick(self)
             self.hub.flush()
             self.stop()
+            writer = self._writer
+            assert writer is not None  # stop() starts one to close the connection
             try:
                 await asyncio.wait_for(writer, self.timeout or DEFAULT_TIMEOUT)
             except (TimeoutError, ConnectionClosed):
@@ -186,22 +217,31 @@ class Link:
         return self.timeout
 
     async def _write_loop(self) -> None:
-        """Send what the session queues; after :meth:`stop` (or when the
-        session closed), send the rest and close the connection, which also
-        ends the reader."""
-        while True:
-            if not self._woken:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            self._woken = False
-            for frame in self.session.data_to_send(time.time()):
-                await self.ws.send(frame)
-            if self._stop or self.session.closed:
-                await self.ws.close(1000 if self.session.error is None else 1008)
-                return
+        """Send what the session queues, waiting for the connection to take
+        each frame; end once the connection takes frames at once again (the
+        next are written by :meth:`wake`), or after :meth:`stop` (or when the
+        session closed), having sent the rest and closed the connection,
+        which also ends the reader."""
+        try:
+            while True:
+                if not self._woken:
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                self._woken = False
+                for frame in self.session.data_to_send(time.time()):
+                    await self.ws.send(frame)
+                if self._stop or self.session.closed:
+                    await self.ws.close(1000 if self.session.error is None else 1008)
+                    return
+                if not self._woken and not self.ws.paused:
+                    return
+        except ConnectionClosed:
+            return  # the reader hears of it too, and ends the session
+        finally:
+            self._writer = None
 
 
 class Listener:
@@ -333,6 +373,7 @@ class Listener:
             if path.startswith(prefix):
                 await handler(ws)
                 return
+        _forget_handshake(ws)
         if self._ready is not None:
             await self._ready()
         session = self._make_session()
@@ -352,6 +393,16 @@ class Listener:
                 if link.session.mode == "live":  # where it is not open yet too: the session offers it
                     link.session.local_changed(document, now)
                     link.wake()
+
+
+def _forget_handshake(ws: ServerConnection) -> None:
+    """Drop the headers of ``ws``'s opening handshake (the request keeps its
+    path): a sync link never reads them again, websockets reads neither
+    after the handshake, and they are about 3 kB of each idle link's memory.
+    Cleared in place: websockets' parser keeps the request too."""
+    for message in (ws.request, ws.response):
+        if message is not None:
+            message.headers.clear()
 
 
 _remote: contextvars.ContextVar[str] = contextvars.ContextVar("replica_remote_address", default="")
