@@ -335,7 +335,8 @@ def anchor_storm(quick: bool) -> Result:
     result.figure("pycrdt-websocket: updates its store served after restart", "updates", [r.stored for r in yw])
     result.figure("replica: updates the relay served after restart", "updates", [r.stored for r in runs["replica"]])
     ratio = result.ratio("replica / pycrdt-websocket throughput", st, bt)
-    result.targets.append(Target("replica / pycrdt-websocket throughput", ratio, 5.0, guard=False))
+    # Issue 12's target (an older issue asked for 5).
+    result.targets.append(Target("replica / pycrdt-websocket throughput", ratio, 1.0, guard=False))
     lost = total - min(r.stored for r in yw)
     if any(r.killed for r in yw):
         result.notes.append("the pycrdt-websocket server did not stop within 10 s of SIGTERM and was killed")

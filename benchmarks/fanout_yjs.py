@@ -2,8 +2,9 @@
 
 ``fanout_vs_ywebsocket``: one writer at 200 updates/s, 50 live readers, the
 latency from each write to its arrival at every reader; replica's relay (its
-writer and readers are replicas with live syncs, everything acknowledged
-durably) against ``@y/websocket-server`` (pycrdt ``Doc`` + ``Provider``
+writer is an on-disk replica and the relay acknowledges durably; the readers
+are in-memory replicas, each taking the whole receive path: checks, apply,
+store, ack) against ``@y/websocket-server`` (pycrdt ``Doc`` + ``Provider``
 clients, documents in the server's memory only). The same processes layout
 for both: the server, the writer in this process, the readers in
 ``RECEIVER_PROCESSES`` child processes.
@@ -206,7 +207,8 @@ def fanout_vs_ywebsocket(quick: bool) -> Result:
     )
     result.notes.append(
         "replica: every update is a delta stored in the writer's LMDB log, sent, stored and acknowledged by the "
-        "relay (group commit), fanned out, stored by each reader; @y/websocket-server keeps the document in "
+        "relay (group commit), fanned out, checked, applied and stored by each reader (in-memory replicas); "
+        "@y/websocket-server keeps the document in "
         "memory and its clients store nothing. 'readers storing nothing': the same writer and relay, the readers "
         "light clients of replica's protocol that ack each frame at once and store nothing, as the y clients "
         f"(the relay's own share); readers in {RECEIVER_PROCESSES} processes, as the y ones"
