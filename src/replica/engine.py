@@ -583,7 +583,7 @@ class Engine:
         some of what it covers (those deltas are held here only as it)."""
         self._check_open()
         answers = self._answers
-        key = ("snapshot", document, *sorted(remote.items()))
+        key = None if answers is None else ("snapshot", document, *sorted(remote.items()))
         if answers is not None and key in answers:  # inside same_log(), as missing_spans
             return answers[key]  # type: ignore[no-any-return]
         with self._log.read() as txn:  # on every refill of every link: read the state only when it is sent
@@ -593,7 +593,7 @@ class Engine:
                 found = self._log.base(txn, document)
                 assert found is not None
         snapshot = None if found is None else deltas.make_snapshot(document, *found)
-        if answers is not None:
+        if answers is not None and key is not None:
             answers[key] = snapshot
         return snapshot
 
