@@ -121,9 +121,13 @@ async def _run(folder: Path, devices: int, per_device: int) -> LoadRun:
             peak = status_mb(relay.pid, "VmHWM")
         finally:
             children.close()
-    errors = [error for _, error in uploads if error] + [error for _, error, _ in downloads if error]
-    if errors:
-        raise BenchmarkFailed(f"{len(errors)} syncs failed, first: {errors[0]}")
+        errors = [error for _, error in uploads if error] + [error for _, error, _ in downloads if error]
+        if errors:  # with what the relay logged of those devices (its log goes with the scratch directory)
+            failed = {error.split(":", 1)[0] for error in errors}
+            said = [line for line in relay.log.read_text().splitlines() if any(f" {rid} " in line for rid in failed)]
+            raise BenchmarkFailed(
+                f"{len(errors)} syncs failed, first: {errors[0]}; the relay's log of them: " + " | ".join(said[-20:])
+            )
     lacking = sum(devices * per_device - held for _, _, held in downloads)
     return LoadRun(
         [took for took, _ in uploads], [took for took, _, _ in downloads], upload_wall, download_wall, peak, lacking
