@@ -253,7 +253,7 @@ def test_a_backlog_of_large_deltas_reaches_a_new_device_whole_while_the_relay_wa
 def test_a_span_never_holds_more_than_a_device_accepts_as_one_delta(tmp_path: Path) -> None:
     """One delta just under the 8 MiB a device accepts among 3,000 small
     ones: a relay reads windows of what a device lacks by the run's average
-    row size, so its first window holds the large delta and 137 small ones,
+    row size, so its first window holds the large delta and about 140 small ones,
     which merged would make one span above that limit, refused for good. A
     span holds at most ``spans.SPAN_MAX_BYTES``, so the large one goes apart."""
     sizes = [1_000] * 3_016

@@ -22,8 +22,8 @@ exact delta refused; they pass on spans they hold as spans.
 :data:`SPAN_MAX` deltas at a time, and only from :data:`SPAN_MIN` up, where the
 receiver's saving exceeds the sender's cost; and at most
 :data:`SPAN_MAX_BYTES` of them, since the receiver takes a span as one delta
-(and refuses one above its ``max_delta_bytes`` for good). A relay fanning one commit out to
-many devices merges each run once: :class:`SpanCache` keeps recent spans by
+(and refuses one above its ``max_delta_bytes`` for good). A relay fanning one
+commit out to many devices merges each run once: :class:`SpanCache` keeps recent spans by
 ``(document, origin, first, seq)``, which names their content exactly since
 deltas never change.
 
