@@ -666,6 +666,20 @@ def a_waiting_link_drops_what_it_holds() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def the_relay_key_is_written_on_every_sync() -> Iterator[None]:
+    """A device writes the relay's key at every handshake with its relay, the
+    same key as pinned: a durable commit (an fsync) per sync for nothing."""
+    pin = trust.pin_relay_key
+
+    def always(replica: Any, key: Any, *, replace: bool = False) -> None:
+        pin(replica, key, replace=replace)
+        replica.set_setting(trust.RELAY_KEY, key.to_text())
+
+    with _patched(trust, "pin_relay_key", always):
+        yield
+
+
 FAULTS = [
     apply_ahead_of_a_gap,
     ack_before_commit,
@@ -885,6 +899,7 @@ DIRECT = [
     (the_fan_out_answers_every_link_alike, test_replica.test_same_log_answers_spans_and_snapshots_once_per_point),
     (spans_ignore_their_byte_bound, _a_large_delta_after_a_run),
     (a_waiting_link_drops_what_it_holds, _large_deltas_to_a_new_device),
+    (the_relay_key_is_written_on_every_sync, test_trust.test_a_device_syncing_again_with_its_relay_writes_no_setting),
 ]
 
 

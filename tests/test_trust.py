@@ -246,3 +246,21 @@ def test_a_revocation_list_of_another_relay_or_older_than_the_known_one_is_ignor
         stranger = SigningKey.generate().sign_revocations(issuer="relay-9", revoked={}, now=99.0)
         adopt_revocations(device, stranger)
         assert device.setting(REVOCATIONS) == newer
+
+
+def test_a_device_syncing_again_with_its_relay_writes_no_setting() -> None:
+    """The relay's key is pinned at the first sync; later syncs with the same
+    relay prove the same key and write nothing at the handshake (each write
+    of a setting is a durable commit)."""
+    with provisioned(1) as fleet:
+        device = fleet.replica("dev-0")
+        written: list[str] = []
+        real = device.set_setting
+
+        def noting(name: str, value: str) -> None:
+            written.append(name)
+            real(name, value)
+
+        device.set_setting = noting  # type: ignore[method-assign]
+        assert fleet.sync("dev-0").completed
+        assert written == []

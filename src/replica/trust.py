@@ -154,7 +154,8 @@ def pin_relay_key(replica: Engine, key: PublicKey, *, replace: bool = False) -> 
             "otherwise this is not your relay: ask its operator",
             code="relay_key_changed",
         )
-    replica.set_setting(RELAY_KEY, key.to_text())
+    if pinned is None or pinned.raw != key.raw:  # not on every sync: each write is a durable commit
+        replica.set_setting(RELAY_KEY, key.to_text())
 
 
 class DeviceTrust:
