@@ -58,10 +58,8 @@ SPAN_MAX_BYTES = 1024 * 1024
 
 def merge_run(run: Sequence[Delta]) -> Delta:
     """One span holding ``run`` (adjacent deltas of one origin, contiguous
-    seqs; spans among them too). Raises :class:`ValueError` if pycrdt cannot
-    merge them, or if they hold more than :data:`SPAN_MAX_BYTES`."""
-    if len(run) > 1 and sum(len(item.data) for item in run) > SPAN_MAX_BYTES:
-        raise ValueError(f"{len(run)} deltas of more than {SPAN_MAX_BYTES} bytes in all are not merged")
+    seqs; spans among them too; :func:`group` cuts runs to size). Raises
+    :class:`ValueError` if pycrdt cannot merge them."""
     data = merged_run([item.data for item in run])
     last = run[-1]
     return deltas.make(last.document, last.origin, last.seq, data, run[0].start)
