@@ -31,11 +31,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
+from websockets.protocol import State
 
 import relay_process
 import replica.delta
 import replica.doc
 import test_ingest
+import test_listener
 import test_log
 import test_malformed
 import test_net
@@ -45,7 +47,7 @@ import test_runs
 import test_snapshots
 import test_trust
 from redis_process import RedisServer
-from replica import compaction, net, runs, spans, trust, wire
+from replica import compaction, listener, net, runs, spans, trust, wire
 from replica.delta import Delta
 from replica.doc import Document
 from replica.engine import Engine
@@ -651,18 +653,31 @@ def spans_ignore_their_byte_bound() -> Iterator[None]:
 
 @contextmanager
 def a_waiting_link_drops_what_it_holds() -> Iterator[None]:
-    """A link whose connection makes writes wait gives up on the frames it
-    was handed instead of sending them once the connection takes them."""
-    real = net.Link._write_loop
+    """A relay's connection whose socket made writes wait gives up on the
+    frames its session queued meanwhile instead of sending them once the
+    socket takes them again."""
+    real = listener._Connection.resume_writing
 
-    async def dropping(self: net.Link) -> None:
-        if self._stop or self.session.closed:
-            return await real(self)
-        self._woken = False
-        self.session.data_to_send(time.time())
-        self._writer = None
+    def dropping(self: listener._Connection) -> None:
+        if self.session is not None:
+            self.session.data_to_send(time.time())
+        real(self)
 
-    with _patched(net.Link, "_write_loop", dropping):
+    with _patched(listener._Connection, "resume_writing", dropping):
+        yield
+
+
+@contextmanager
+def a_deaf_link_is_kept() -> Iterator[None]:
+    """The server pings its links but never closes one that stopped
+    answering: half-open links pile up until the process runs out of them."""
+
+    def ping_only(self: listener._Connection, pinged_at: float) -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_ping(b"")
+            self._send()
+
+    with _patched(listener._Connection, "keepalive", ping_only):
         yield
 
 
@@ -850,6 +865,11 @@ def _large_deltas_to_a_new_device() -> None:
         )
 
 
+def _deaf_link() -> None:
+    with tempfile.TemporaryDirectory() as path, pytest.MonkeyPatch.context() as patch:
+        test_listener.test_a_link_that_stops_answering_pings_is_closed_and_one_that_answers_stays(Path(path), patch)
+
+
 def _a_large_delta_after_a_run() -> None:
     with tempfile.TemporaryDirectory() as path:
         test_net.test_a_span_never_holds_more_than_a_device_accepts_as_one_delta(Path(path))
@@ -900,6 +920,7 @@ DIRECT = [
     (spans_ignore_their_byte_bound, _a_large_delta_after_a_run),
     (a_waiting_link_drops_what_it_holds, _large_deltas_to_a_new_device),
     (the_relay_key_is_written_on_every_sync, test_trust.test_a_device_syncing_again_with_its_relay_writes_no_setting),
+    (a_deaf_link_is_kept, _deaf_link),
 ]
 
 

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"trust", "discovery", "registry", "limits"},
     {"sync", "compacting", "devices", "oplog", "relay_http", "redis_log"},
     {"net"},
+    {"listener"},
     {"yjs_endpoint", "relay_ops"},
     {"peer", "relay"},
     {"replica"},

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from replica import Replica, SyncState, SyncStatus, net
+from replica import Replica, SyncState, SyncStatus, listener, net
 from replica.relay import Relay
 
 
@@ -232,22 +232,29 @@ def test_a_backlog_of_large_deltas_reaches_a_new_device_whole_while_the_relay_wa
     """400 deltas of 30 kB (12 MB) to a fresh device: the relay sends them
     as spans of at most ``spans.SPAN_MAX_BYTES`` (a span is one delta to the
     device, which refuses one above its 8 MiB limit for good), and its
-    writes outrun the socket, so its link's writer task sends what the
-    connection makes wait, in order, to the end."""
-    waited: list[bool] = []  # for each writer task: started while the link still runs (not to close it)
-    write_loop = net.Link._write_loop
+    writes outrun the socket, so its connection pauses writing and sends
+    what waited in the session once the socket drains, in order, to the end."""
+    paused: list[bool] = []  # each time a relay's connection had to stop writing
+    pause, made = listener._Connection.pause_writing, listener._Connection.connection_made
 
-    async def counted(self: net.Link) -> None:
-        waited.append(not self._stop)
-        await write_loop(self)
+    def counted(self: listener._Connection) -> None:
+        paused.append(True)
+        pause(self)
 
-    net.Link._write_loop = counted  # type: ignore[method-assign]
+    def small_buffer(self: listener._Connection, transport: asyncio.BaseTransport) -> None:
+        # Loopback's kernel buffers take megabytes at once: a small send buffer makes the relay wait.
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16_384)
+        made(self, transport)
+
+    listener._Connection.pause_writing = counted  # type: ignore[method-assign]
+    listener._Connection.connection_made = small_buffer  # type: ignore[method-assign]
     try:
         got, held, last = asyncio.run(asyncio.wait_for(_a_new_device_joins(tmp_path, [30_000] * 400), 60))
     finally:
-        net.Link._write_loop = write_loop  # type: ignore[method-assign]
+        listener._Connection.pause_writing = pause  # type: ignore[method-assign]
+        listener._Connection.connection_made = made  # type: ignore[method-assign]
     assert got.state is SyncState.SYNCED and held == {"dev-w": 400} and last, (got, held)
-    assert any(waited), "no link ever had to wait on its socket: the test did not test that path"
+    assert paused, "no link ever had to wait on its socket: the test did not test that path"
 
 
 def test_a_span_never_holds_more_than_a_device_accepts_as_one_delta(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 from replica import Engine, Replica, SyncState
 from replica.credentials import SigningKey
 from replica.events import IngestResult
-from replica.net import Listener
+from replica.listener import Listener
 from replica.session import Session
 from replica.store.lmdb import LmdbStore
 from replica.testing import Fleet

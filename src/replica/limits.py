@@ -198,7 +198,7 @@ class RelaySession(Session):
         #: The replica id whose connection slot this session holds (see :meth:`Guard.admit`).
         self.admitted: str | None = None
 
-    def receive(self, data: bytes, now: float) -> None:
+    def receive(self, data: bytes | str, now: float) -> None:
         """Count and check the frame, then feed it to the session."""
         if self.closed:
             return

@@ -1,14 +1,15 @@
-"""The asyncio edge: websockets links, group commits, one-shot and live syncs.
+"""The asyncio edge: group commits, device links, one-shot and live syncs.
 
 Everything that decides lives in the sans-I/O session (``replica.session``),
 in :func:`replica.sync.settle` and in the status rules (``replica.runs``);
 this module only moves bytes and time:
 
 - :class:`Hub` settles the sessions of all its links in one commit per
-  event-loop turn (group commit), then wakes their writers;
-- :class:`Link` runs one websocket: a reader feeding the session, which
-  writes what the session queues at once, or through a writer task while
-  the connection makes it wait;
+  event-loop turn (group commit), then wakes their writers; the server side
+  (``replica.listener``) uses it too;
+- :class:`Link` runs a device's websocket: a reader feeding the session,
+  which writes what the session queues at once, or through a writer task
+  while the connection makes it wait;
 - :func:`sync_once` and :func:`sync_live` are the device side of
   ``Replica.sync``; live syncs reconnect with capped exponential backoff and
   jitter, and stop on errors that retrying cannot fix.
@@ -17,20 +18,17 @@ this module only moves bytes and time:
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.http11 import Request, Response
+from websockets.frames import Close
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -49,31 +47,36 @@ log = logging.getLogger("replica.net")
 #: the protocol limit and this get a proper ``error`` frame.
 WS_MAX_SIZE = 2 * wire.MAX_FRAME_BYTES
 DEFAULT_TIMEOUT = 30.0
-#: How long a server waits for a client's websocket handshake, then its hello.
-HANDSHAKE_TIMEOUT = 5.0
 #: Longest wait of a device asking a server whose handshake failed whether it speaks (no) TLS.
 PROBE_TIMEOUT = 3.0
-#: How long a stopping server waits for its links to close before aborting them.
-STOP_GRACE = 1.0
-#: The close reason a stopping server gives (with code 1001): devices reconnect later.
-GOING_AWAY = "the server is shutting down; reconnecting later"
 
 EventHandler = Callable[[Session, Event], None]
-#: ``process_request`` of websockets' ``serve``: an HTTP response answers the request instead
-#: of the websocket handshake (health checks and metrics on the same port); None goes on.
-ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None] | Response | None]
+
+
+class Linked(Protocol):
+    """What a :class:`Hub` settles: a connection's session, and a way to
+    tell the connection that the session may have frames to send."""
+
+    @property
+    def session(self) -> Session | None: ...
+
+    def wake(self) -> None: ...
 
 
 class Hub:
-    """Settles the sessions of many links together (group commit)."""
+    """Settles the sessions of many links together (group commit);
+    ``on_commit`` hears of each: links settled, seconds taken."""
 
-    def __init__(self, replica: Engine, on_event: EventHandler) -> None:
+    def __init__(
+        self, replica: Engine, on_event: EventHandler, on_commit: Callable[[int, float], None] | None = None
+    ) -> None:
         self.replica = replica
         self._on_event = on_event
-        self._dirty: dict[int, Link] = {}
+        self._on_commit = on_commit
+        self._dirty: dict[int, Linked] = {}
         self._scheduled = False
 
-    def kick(self, link: Link) -> None:
+    def kick(self, link: Linked) -> None:
         """``link``'s session has news; settle it on the next loop turn,
         together with every other link that has news by then."""
         self._dirty[id(link)] = link
@@ -87,32 +90,21 @@ class Hub:
         links, self._dirty = list(self._dirty.values()), {}
         if not links or self.replica.closed:
             return
+        started = time.perf_counter()
+        sessions = [link.session for link in links if link.session is not None]
         try:
-            others = settle(self.replica, [link.session for link in links])
+            others = settle(self.replica, sessions)
         except Exception:  # a bug, not bad input (settle handles storage faults): fail these links, keep serving
             log.exception("could not settle %d link(s)", len(links))
-            for link in links:
-                link.session.fail("internal_error", "the receiver failed unexpectedly; its operator can see why", True)
-            others = [(link.session, event) for link in links for event in link.session.events()]
+            for session in sessions:
+                session.fail("internal_error", "the receiver failed unexpectedly; its operator can see why", True)
+            others = [(session, event) for session in sessions for event in session.events()]
         for session, event in others:
             self._on_event(session, event)
         for link in links:
             link.wake()
-
-
-class _TimedHub(Hub):
-    """A :class:`Hub` that reports each group commit: links settled, seconds taken."""
-
-    def __init__(self, replica: Engine, on_event: EventHandler, on_commit: Callable[[int, float], None]) -> None:
-        super().__init__(replica, on_event)
-        self._on_commit = on_commit
-
-    def flush(self) -> None:
-        links = len(self._dirty)
-        started = time.perf_counter()
-        super().flush()
-        if links:
-            self._on_commit(links, time.perf_counter() - started)
+        if self._on_commit is not None:
+            self._on_commit(len(links), time.perf_counter() - started)
 
 
 class Link:
@@ -195,7 +187,7 @@ class Link:
                 self.hub.kick(self)
         except ConnectionClosed as exc:
             if not self._stop:
-                self.session.connection_lost(_closed_reason(exc))
+                self.session.connection_lost(closed_reason(exc.rcvd))
         finally:
             self.hub.kick(self)
             self.hub.flush()
@@ -244,185 +236,17 @@ class Link:
             self._writer = None
 
 
-class Listener:
-    """Accepts websocket links for one replica (a relay, or a device serving
-    peers): one session per link from ``make_session``, group commits across
-    links, and every newly stored batch offered to the live links that have
-    its document open (fan-out)."""
-
-    def __init__(
-        self,
-        replica: Engine,
-        make_session: Callable[[], Session],
-        on_event: EventHandler,
-        *,
-        process_request: ProcessRequest | None = None,
-        on_commit: Callable[[int, float], None] | None = None,
-        ready: Callable[[], Awaitable[object]] | None = None,
-    ) -> None:
-        self.replica = replica
-        #: Awaited before each sync session starts (a relay of several: until its copy is up to date).
-        self._ready = ready
-        self._make_session = make_session
-        self._hub: Hub = _TimedHub(replica, on_event, on_commit) if on_commit is not None else Hub(replica, on_event)
-        self._links: set[Link] = set()
-        self._server: Server | None = None
-        self._unsubscribe: Callable[[], None] | None = None
-        self._routes: list[tuple[str, Callable[[ServerConnection], Awaitable[None]]]] = []
-        self.host = ""
-        #: The server's TLS context (``wss://``), or None for plain ``ws://``.
-        self.tls: ssl.SSLContext | None = None
-        #: Answers plain HTTP requests (``/health``, ``/metrics``) before any websocket handshake.
-        self._process_request = process_request
-        #: Every TCP connection accepted and not yet closed, in any state (even before its
-        #: websocket handshake): what a stop aborts once its grace period is over.
-        self._connections: set[ServerConnection] = set()
-
-    def route(self, prefix: str, handler: Callable[[ServerConnection], Awaitable[None]]) -> None:
-        """Hand the connections whose request path starts with ``prefix`` to
-        ``handler`` instead of a sync session (the relay's Yjs endpoint)."""
-        self._routes.append((prefix, handler))
-
-    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
-        """Listen on ``host:port`` (``port=0`` picks a free one); with ``tls``
-        (``replica.tls.server_context``), ``wss://`` only."""
-        self.host, self.tls = host, tls
-        self._unsubscribe = self.replica.on_change(self._fan_out)
-        connections = self._connections
-
-        class Tracked(ServerConnection):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                connections.add(self)
-                super().connection_made(transport)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                connections.discard(self)
-                super().connection_lost(exc)
-
-        self._server = await serve(
-            self._serve,
-            host,
-            port,
-            max_size=WS_MAX_SIZE,
-            compression=None,
-            ping_interval=20,
-            ping_timeout=20,
-            open_timeout=HANDSHAKE_TIMEOUT,
-            ssl=self.tls,
-            process_request=self._answer_http,
-            create_connection=Tracked,
-        )
-
-    async def _answer_http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Every request, before its websocket handshake: note where it came
-        from (:func:`remote_address`), then ask ``process_request``."""
-        _remote.set(_address(connection.remote_address))
-        if self._process_request is None:
-            return None
-        answer = self._process_request(connection, request)
-        return await answer if inspect.isawaitable(answer) else answer
-
-    @property
-    def url(self) -> str:
-        """``ws://host:port`` (``wss://`` with TLS) while listening."""
-        if self._server is None:
-            raise RuntimeError("not listening")
-        port = next(iter(self._server.sockets)).getsockname()[1]
-        return f"{'wss' if self.tls is not None else 'ws'}://{self.host}:{port}"
-
-    @property
-    def connections(self) -> int:
-        """TCP connections open now, websocket or not yet (and plain HTTP requests)."""
-        return len(self._connections)
-
-    @property
-    def links(self) -> int:
-        """Connections open now."""
-        return len(self._links)
-
-    async def stop(self, grace: float = STOP_GRACE) -> None:
-        """Stop listening and close every link with 1001 (going away), which
-        devices take as a reason to reconnect later. Connections that do not
-        answer within ``grace`` seconds (silent, half-open, still in their
-        handshake) are aborted. What was acknowledged is already on disk: a
-        session acks only after its commit."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._hub.flush()  # what arrived before the stop is stored (and acked) first
-        # Sends 1001 to every open link at once (and 503 to a handshake whose request arrives).
-        server.close(close_connections=True, code=1001, reason=GOING_AWAY)
-        for connection in list(self._connections):
-            if connection.protocol.state is State.CONNECTING:  # no session yet: nothing to say goodbye to
-                connection.transport.abort()
-        try:
-            await asyncio.wait_for(server.wait_closed(), grace)
-        except TimeoutError:
-            stuck = list(self._connections)
-            log.info("aborting %d connection(s) that did not close within %.1f s", len(stuck), grace)
-            for connection in stuck:
-                connection.transport.abort()
-            await server.wait_closed()
-
-    async def _serve(self, ws: ServerConnection) -> None:
-        path = ws.request.path if ws.request is not None else "/"
-        for prefix, handler in self._routes:
-            if path.startswith(prefix):
-                await handler(ws)
-                return
-        _forget_handshake(ws)
-        if self._ready is not None:
-            await self._ready()
-        session = self._make_session()
-        link = Link(ws, session, self._hub, timeout=None, handshake_timeout=HANDSHAKE_TIMEOUT)
-        self._links.add(link)
-        try:
-            await link.run()
-        finally:
-            self._links.discard(link)
-            if session.error is not None and session.error.code != "connection_lost":
-                log.warning("link from %s closed: %s", session.remote_id or ws.remote_address, session.error)
-
-    def _fan_out(self, document: str) -> None:
-        now = time.time()
-        with self.replica.same_log():  # live links at the same point read the new deltas once
-            for link in self._links:
-                if link.session.mode == "live":  # where it is not open yet too: the session offers it
-                    link.session.local_changed(document, now)
-                    link.wake()
-
-
-def _forget_handshake(ws: ServerConnection) -> None:
-    """Drop the headers of ``ws``'s opening handshake (the request keeps its
-    path): a sync link never reads them again, websockets reads neither
-    after the handshake, and they are about 3 kB of each idle link's memory.
-    Cleared in place: websockets' parser keeps the request too."""
-    for message in (ws.request, ws.response):
-        if message is not None:
-            message.headers.clear()
-
-
-_remote: contextvars.ContextVar[str] = contextvars.ContextVar("replica_remote_address", default="")
-
-
-def remote_address() -> str:
-    """``host:port`` of the client whose connection the current task serves
-    (inside ``make_session`` and event handlers of a :class:`Listener`); ``""`` elsewhere."""
-    return _remote.get()
-
-
-def _address(peer: Any) -> str:
+def address_text(peer: Any) -> str:
+    """A socket's peer address as ``host:port`` (``[host]:port`` for IPv6)."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer or "")
 
 
-def _closed_reason(exc: ConnectionClosed) -> str:
-    received = exc.rcvd
+def closed_reason(received: Close | None) -> str:
+    """What a session is told when its connection ended, given the close
+    frame the other side sent (None: it sent none)."""
     if received is not None and received.reason:
         return f"the connection was closed: {received.reason}"
     return "the connection was lost"

@@ -24,7 +24,7 @@ from types import TracebackType
 from replica import runs
 from replica.engine import Engine
 from replica.events import Event
-from replica.net import Listener
+from replica.listener import Listener
 from replica.session import Limits, Session
 from replica.trust import DeviceTrust
 

@@ -42,8 +42,8 @@ from replica.compacting import compact_due_in_steps
 from replica.credentials import PublicKey, SigningKey
 from replica.engine import Engine
 from replica.limits import AbuseLimits
+from replica.listener import Listener
 from replica.names import new_replica_id
-from replica.net import Listener
 from replica.relay_ops import RelayOps
 from replica.session import Limits
 from replica.trust import RelayAuthority

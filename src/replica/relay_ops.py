@@ -26,7 +26,7 @@ from replica.engine import Engine
 from replica.errors import ReplicaError
 from replica.events import Acknowledged, Closed, Connected, Event, Incoming
 from replica.limits import AbuseLimits, Guard, RelaySession
-from replica.net import remote_address
+from replica.listener import remote_address
 from replica.relay_http import PROBE_SETTING, Health, RelayHTTP, RelayMetrics
 from replica.session import Grant, Limits, Session
 from replica.trust import RelayAuthority

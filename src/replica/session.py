@@ -366,8 +366,8 @@ class Session:
         )
         self.state = SessionState.HANDSHAKE
 
-    def receive(self, data: bytes, now: float) -> None:
-        """Feed one frame received from the other side."""
+    def receive(self, data: bytes | str, now: float) -> None:
+        """Feed one message received from the other side (a text message is refused)."""
         if self.state is SessionState.CLOSED:
             return
         try:

@@ -320,7 +320,7 @@ def _compact(body: dict[str, Any]) -> dict[str, Any]:
 # -- decoding and validation of untrusted bytes ------------------------------
 
 
-def decode(data: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES, max_batch: int = MAX_BATCH) -> Frame:
+def decode(data: bytes | str, *, max_frame_bytes: int = MAX_FRAME_BYTES, max_batch: int = MAX_BATCH) -> Frame:
     """Parse and validate one frame from the network."""
     if not isinstance(data, bytes):
         raise ProtocolError("frames are binary messages", code="bad_frame")
