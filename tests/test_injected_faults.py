@@ -659,6 +659,7 @@ def a_waiting_link_drops_what_it_holds() -> Iterator[None]:
     real = listener._Connection.resume_writing
 
     def dropping(self: listener._Connection) -> None:
+        self._held = None
         if self.session is not None:
             self.session.data_to_send(time.time())
         real(self)

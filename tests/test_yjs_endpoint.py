@@ -5,6 +5,7 @@ The same scenarios with real ``y-websocket`` clients are in test_yjs_node.py."""
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,10 +17,11 @@ from pycrdt import Doc, Text
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from replica import Replica, yprotocol
+from replica import Replica, tls, yprotocol
 from replica.credentials import DeviceKey
 from replica.relay import Relay
 from replica.trust import yjs_origin
+from tls_certs import make_pki
 
 HOUR = 3600.0
 
@@ -93,9 +95,11 @@ def yjs_url(relay: Relay, document: str, token: str | None) -> str:
 
 
 @asynccontextmanager
-async def synced_client(relay: Relay, document: str, token: str) -> AsyncIterator[YClient]:
+async def synced_client(
+    relay: Relay, document: str, token: str, *, ssl: ssl_module.SSLContext | None = None
+) -> AsyncIterator[YClient]:
     """A client connected to ``document`` that has received the relay's state."""
-    async with connect(yjs_url(relay, document, token)) as ws:
+    async with connect(yjs_url(relay, document, token), ssl=ssl) as ws:
         client = YClient(ws)
         await client.start()
         await asyncio.wait_for(client.synced.wait(), 10)
@@ -118,6 +122,27 @@ def test_a_yjs_client_edit_becomes_a_delta_and_reaches_a_device(tmp_path: Path) 
                     device.doc("c7/notes").text("notes").insert(5, " world")
                     await device.sync(relay.url, credential=device_token)
                 await until(lambda: str(client.text("text:notes")) == "hello world")
+
+    run(main)
+
+
+def test_a_yjs_client_syncs_over_wss_with_a_device(tmp_path: Path) -> None:
+    """The relay reads a Yjs client's request on its own connection, then
+    hands the TLS transport to websockets' connection for the endpoint."""
+    pki = make_pki(tmp_path / "pki")
+
+    async def main() -> None:
+        async with Relay(tmp_path / "relay", port=0, tls=tls.server_context(pki.cert, pki.key)) as relay:
+            assert relay.url.startswith("wss://")
+            trusted = tls.client_context(pki.ca)
+            token = relay.issue_credential("dash", ["c7/*"], expires_at=time.time() + HOUR)
+            async with synced_client(relay, "c7/notes", token, ssl=trusted) as client:
+                client.text("text:notes").insert(0, "over tls")
+                device_token = relay.issue_credential("dev-a", ["c7/*"], expires_at=time.time() + HOUR)
+                with Replica.in_memory(replica_id="dev-a") as device:
+                    await until(lambda: relay.replica is not None and bool(relay.replica.version_vector("c7/notes")))
+                    done = await device.sync(relay.url, credential=device_token, tls=trusted)
+                    assert done.unsynced == 0 and str(device.doc("c7/notes").text("notes")) == "over tls", done
 
     run(main)
 

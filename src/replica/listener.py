@@ -201,8 +201,8 @@ class Listener:
         assert self._routed is not None
         ws = ServerConnection(ServerProtocol(max_size=net.WS_MAX_SIZE), self._routed)
         ws.handler = handler
-        self.closed(connection)
         self.open.add(ws)
+        self.closed(connection)
         transport = connection.transport
         transport.set_protocol(ws)
         ws.connection_made(transport)
@@ -220,7 +220,8 @@ class Listener:
             async with ws:
                 await ws.handler(ws)
         except Exception:
-            log.exception("a connection to %s failed", ws.request.path if ws.request is not None else "?")
+            path = ws.request.path.split("?", 1)[0] if ws.request is not None else "?"  # its query holds a token
+            log.exception("a connection to %s failed", path)
             ws.transport.abort()
         finally:
             assert self._routed is not None
@@ -253,6 +254,7 @@ class _Connection(asyncio.Protocol):
     route)."""
 
     __slots__ = (
+        "_held",
         "_parts",
         "_paused",
         "_received",
@@ -282,6 +284,7 @@ class _Connection(asyncio.Protocol):
         self.heard = loop.time()
         self._received: bytearray | None = bytearray()  # the request's bytes, until it is read
         self._parts: list[bytes] | None = None  # a fragmented message's frames so far
+        self._held: list[bytes] | None = None  # the session's frames the paused transport could not take yet
         self._waiting: list[bytes | str] | None = None  # messages that came before the session could start
         self._paused = False
         self._woken = False
@@ -329,22 +332,34 @@ class _Connection(asyncio.Protocol):
     # -- the link, as a Hub sees it --------------------------------------------
 
     def wake(self) -> None:
-        """Write what the session queued, unless the transport pauses writes
-        (then once it resumes); close once the session closed."""
+        """Write what the session queued, a frame at a time until the
+        transport pauses writes (the rest waits here, and goes once it
+        resumes); close once the session closed and all of it went. So a
+        ping or a close never queues behind megabytes the other side has
+        not read yet."""
         session = self.session
         if session is None or self.protocol.state is not State.OPEN:
             return
+        if self._timer is not None and session.state is SessionState.OPEN:
+            self._cancel_timer()  # silence is allowed now: pings watch the link
         if self._paused:
             self._woken = True
             return
         self._woken = False
         frames = session.data_to_send(time.time())
-        for frame in frames:
-            self.protocol.send_binary(frame)
+        if self._held is not None:
+            frames, self._held = self._held + frames, None
+        transport, protocol = self.transport, self.protocol
+        for index, frame in enumerate(frames):
+            protocol.send_binary(frame)
+            for data in protocol.data_to_send():
+                transport.write(data)  # pause_writing() is called in here once the buffer is full
+            if self._paused and index + 1 < len(frames):
+                self._held = frames[index + 1 :]
+                self._woken = True
+                return
         if session.closed:
-            self.protocol.send_close(1000 if session.error is None else 1008)
-        elif self._timer is not None and session.state is SessionState.OPEN:
-            self._cancel_timer()  # silence is allowed now: pings watch the link
+            protocol.send_close(1000 if session.error is None else 1008)
         self._send()
 
     def keepalive(self, pinged_at: float) -> None:
