@@ -673,7 +673,7 @@ def a_deaf_link_is_kept() -> Iterator[None]:
     """The server pings its links but never closes one that stopped
     answering: half-open links pile up until the process runs out of them."""
 
-    def ping_only(self: listener._Connection, pinged_at: float) -> None:
+    def ping_only(self: listener._Connection, cutoff: float) -> None:
         if self.protocol.state is State.OPEN:
             self.protocol.send_ping(b"")
             self._send()

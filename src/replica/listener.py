@@ -9,10 +9,11 @@ checks, framing, limits and closing handshake) from an
 
 - bytes received feed the link's session at once, in the transport's
   callback, with no task woken per frame;
-- frames the session queues are written when the transport takes them, and
-  wait in the session while the transport pauses writes (a slow reader);
-- one timer pings every open link, and closes those that did not answer
-  the previous ping.
+- frames the session queues are written a frame at a time while the
+  transport takes them; while it pauses writes (a slow reader) the rest
+  waits, so a ping never queues behind megabytes;
+- one timer pings every open link, and closes those that sent nothing, not
+  even a pong, for ``SILENT_ROUNDS`` ping intervals.
 
 The sessions of all links are settled together by a :class:`~replica.net.Hub`
 (group commit), and every newly stored batch is offered to the live links
@@ -49,8 +50,11 @@ HANDSHAKE_TIMEOUT = 5.0
 STOP_GRACE = 1.0
 #: The close reason a stopping server gives (with code 1001): devices reconnect later.
 GOING_AWAY = "the server is shutting down; reconnecting later"
-#: Every open link is pinged this often; one that has sent nothing since the previous ping is closed.
+#: Every open link is pinged this often.
 PING_INTERVAL = 20.0
+#: A link that sent nothing (not even a pong) for this many ping intervals is closed: a phone
+#: applying a large state in a busy process may not read its socket for a while, a dead link never.
+SILENT_ROUNDS = 2
 #: How long a link that sent or answered a close frame has to close its end, before it is aborted.
 CLOSE_TIMEOUT = 10.0
 #: The transport pauses writes above this many buffered bytes (websockets' own default).
@@ -107,7 +111,6 @@ class Listener:
         self._routed: Server | None = None  # websockets' bookkeeping for routed connections
         self._unsubscribe: Callable[[], None] | None = None
         self._pinger: asyncio.TimerHandle | None = None
-        self._pinged_at = 0.0
         self._drained: asyncio.Future[None] | None = None
 
     def route(self, prefix: str, handler: Callable[[ServerConnection], Awaitable[None]]) -> None:
@@ -131,7 +134,6 @@ class Listener:
         # websockets' Server keeps the routed connections' books (its handler tasks), as in its serve().
         self._routed = await Server(create_server, self._serve_routed)
         self._server = self._routed.server
-        self._pinged_at = loop.time()
         self._pinger = loop.call_later(PING_INTERVAL, self._ping)
 
     @property
@@ -230,12 +232,12 @@ class Listener:
             self.closed(ws)
 
     def _ping(self) -> None:
-        """Ping every open link; close those that sent nothing since the previous ping."""
+        """Ping every open link; close those silent for ``SILENT_ROUNDS`` intervals."""
         loop = asyncio.get_running_loop()
-        previous, self._pinged_at = self._pinged_at, loop.time()
+        cutoff = loop.time() - SILENT_ROUNDS * PING_INTERVAL
         for connection in list(self.open):
             if isinstance(connection, _Connection):
-                connection.keepalive(previous)
+                connection.keepalive(cutoff)
         self._pinger = loop.call_later(PING_INTERVAL, self._ping)
 
     def _fan_out(self, document: str) -> None:
@@ -362,12 +364,12 @@ class _Connection(asyncio.Protocol):
             protocol.send_close(1000 if session.error is None else 1008)
         self._send()
 
-    def keepalive(self, pinged_at: float) -> None:
+    def keepalive(self, cutoff: float) -> None:
         """The listener's ping round: close the link if it sent nothing since
-        the ping of ``pinged_at``, else ping it."""
+        ``cutoff`` (loop time), else ping it."""
         if self.protocol.state is not State.OPEN or self._received is not None:
             return
-        if self.heard < pinged_at:  # dead, or too far behind to read: no closing handshake to wait for
+        if self.heard < cutoff:  # dead, or too far behind to read: no closing handshake to wait for
             self.transport.abort()
             return
         self.protocol.send_ping(b"")
