@@ -1,6 +1,6 @@
 """Plain HTTP on the relay's own port: ``/health`` and ``/metrics``.
 
-websockets' ``process_request`` sees every request before its websocket
+The listener's ``process_request`` sees every request before its websocket
 handshake: :class:`RelayHTTP` answers ``GET /health`` and ``GET /metrics``,
 lets websocket upgrades through (on any path), and gives any other plain
 request a short text answer saying what this port is, instead of
@@ -35,7 +35,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -177,7 +176,7 @@ class RelayHTTP:
         self.health = health
         self._describe = describe
 
-    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+    def __call__(self, connection: object, request: Request) -> Response | None:
         if "websocket" in request.headers.get("Upgrade", "").lower():
             return None  # a device (or any websocket endpoint on this port): go on with the handshake
         path = request.path.split("?", 1)[0]
