@@ -281,7 +281,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.protocol = ServerProtocol(max_size=net.WS_MAX_SIZE)
-        self.address = net.address_text(transport.get_extra_info("peername"))
+        self.address = _address(transport.get_extra_info("peername"))
         loop = asyncio.get_running_loop()
         self.heard = loop.time()
         self._received: bytearray | None = bytearray()  # the request's bytes, until it is read
@@ -506,3 +506,11 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _address(peer: Any) -> str:
+    """A socket's peer address as ``host:port`` (``[host]:port`` for IPv6)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer or "")

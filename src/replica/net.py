@@ -117,13 +117,12 @@ class Link:
         hub: Hub,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
-        handshake_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.ws = ws
         self.session = session
         self.hub = hub
         self.timeout = timeout  # silence allowed once the session is open (None: forever, pings keep it honest)
-        self.handshake_timeout = handshake_timeout  # silence allowed before it is
+        self.handshake_timeout = DEFAULT_TIMEOUT  # silence allowed before it is
         # The writer task, only while frames wait for the connection (or for the close); most links are
         # idle and write at once (see wake()), so most have none. It waits on a future when it has
         # nothing to send: not an asyncio.Event, whose waiters' deque costs 760 bytes.
@@ -234,14 +233,6 @@ class Link:
             return  # the reader hears of it too, and ends the session
         finally:
             self._writer = None
-
-
-def address_text(peer: Any) -> str:
-    """A socket's peer address as ``host:port`` (``[host]:port`` for IPv6)."""
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return str(peer or "")
 
 
 def closed_reason(received: Close | None) -> str:
