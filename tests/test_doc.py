@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from replica import Replica
+from replica import Replica, delta, errors
 
 
 @pytest.fixture(params=["lmdb", "memory"])
@@ -192,3 +192,34 @@ def test_a_log_that_does_not_replay_leaves_the_document_working(replica: Replica
         document.rebuild([b"\x01\x02\x03\x04\x05"])
     document.text("t").insert(1, "b")  # still observed: the edit becomes a delta
     assert str(document.text("t")) == "ab" and seq(replica) == 2
+
+
+@pytest.mark.parametrize("payload", [b"x", b"x" * 20_000], ids=["small", "large"])
+def test_local_changes_after_a_remote_apply_are_all_kept(replica: Replica, payload: bytes) -> None:
+    """A large remote apply runs with the pycrdt Doc unobserved (its update is not needed), a
+    small one observed; afterwards, and after a remote apply that fails, every local change
+    is still captured as a delta and replays to the same contents."""
+    source = Replica.in_memory(replica_id="dev-b")
+    with source.batch():
+        for k in range(40):
+            source.doc("d").records("r").put(f"s{k}", {"blob": payload})
+    incoming = source.missing_deltas("d", {})
+    big = sum(len(item.data) for item in incoming) > 4096
+    assert big == (len(payload) > 1), "the remote deltas are not on the side of the threshold they test"
+    assert replica.ingest(incoming).rejected is None
+    rows = replica.doc("d").records("r")
+    rows.put("after", {"n": 1})
+    with replica.doc("d").transaction():
+        rows.put("grouped", {"n": 2})
+        rows.update("after", {"n": 3})
+    assert seq(replica) == 2
+    # A remote apply pycrdt refuses, of a large payload, then another local change.
+    forged = delta.make("d", "dev-c", 1, b"\x01" + b"\xff" * 5000)
+    refused = replica.ingest([forged]).rejected
+    assert refused is not None and refused.reason == errors.REJECT_MALFORMED  # pycrdt saw it
+    rows.put("later", {"n": 4})
+    assert seq(replica) == 3
+    twin = Replica.in_memory()
+    assert twin.ingest(replica.missing_deltas("d", {})).rejected is None
+    assert twin.doc("d").contents() == replica.doc("d").contents()
+    assert rows.get("after") == {"n": 3} and rows.get("later") == {"n": 4} and len(rows) == 43

@@ -36,6 +36,7 @@ from websockets.protocol import State
 import relay_process
 import replica.delta
 import replica.doc
+import test_doc
 import test_ingest
 import test_listener
 import test_log
@@ -696,6 +697,26 @@ def the_relay_key_is_written_on_every_sync() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def a_large_remote_apply_leaves_the_doc_unobserved() -> Iterator[None]:
+    """After a remote apply large enough to run unobserved, the pycrdt Doc is
+    not observed again: the local changes made after it are never captured,
+    so never stored nor sent, yet stay visible in memory until a reopen. The
+    fleet machine's deltas and snapshots stay under the 4 kB that takes that
+    path (63 examples, unnoticed), hence a direct test."""
+    real = Document.apply_remote
+
+    def unobserved(self: Document, payloads: Any) -> Any:
+        failure = real(self, payloads)
+        if sum(map(len, payloads)) > replica.doc._QUIET_APPLY_BYTES:  # what is observed again captures nothing
+            self._ydoc.unobserve(self._subscription)
+            self._subscription = self._ydoc.observe(lambda event: None)
+        return failure
+
+    with _patched(Document, "apply_remote", unobserved):
+        yield
+
+
 FAULTS = [
     apply_ahead_of_a_gap,
     ack_before_commit,
@@ -899,6 +920,11 @@ def _quiet_live_link() -> None:
         test_net.test_a_caught_up_live_link_stays_open_when_nothing_changes(Path(path))
 
 
+def _local_changes_after_a_large_remote_apply() -> None:
+    with Replica.in_memory(replica_id="dev-a") as device:
+        test_doc.test_local_changes_after_a_remote_apply_are_all_kept(device, b"x" * 20_000)
+
+
 DIRECT = [
     (peers_ignore_revocations, test_trust.test_peers_learn_a_revocation_from_the_relay_and_from_each_other),
     (quiet_live_links_time_out, _quiet_live_link),
@@ -922,6 +948,7 @@ DIRECT = [
     (a_waiting_link_drops_what_it_holds, _large_deltas_to_a_new_device),
     (the_relay_key_is_written_on_every_sync, test_trust.test_a_device_syncing_again_with_its_relay_writes_no_setting),
     (a_deaf_link_is_kept, _deaf_link),
+    (a_large_remote_apply_leaves_the_doc_unobserved, _local_changes_after_a_large_remote_apply),
 ]
 
 
