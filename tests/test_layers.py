@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"vv", "store.memory", "store.lmdb", "doc", "status", "credentials"},
     {"wire", "events", "spans", "ui_screen", "yprotocol"},
     {"log", "runs"},
-    {"compaction", "doccache"},
+    {"compaction", "doccache", "session_terms"},
     {"engine", "session"},
     {"trust", "discovery", "registry", "limits"},
     {"sync", "compacting", "devices", "oplog", "relay_http", "redis_log"},

@@ -5,7 +5,7 @@ An :class:`Engine` wires the parts below the network together: the log
 sync runs recorded (``replica.runs`` records, shown by ``replica.status``).
 It owns two decisions: when a local transaction becomes a durable delta, and
 whether a foreign delta may be applied. It has no event loop and no socket:
-the sessions read it through ``replica.session.LogView``, the edges
+the sessions read it through ``replica.session_terms.LogView``, the edges
 (``replica.net``, ``replica.peer``, ``replica.testing``) store what sessions
 report through :func:`replica.sync.settle` and :meth:`Engine.record`, and the
 app-facing :class:`~replica.replica.Replica` adds syncing on top.
@@ -469,7 +469,7 @@ class Engine:
         self._touched.add(document.name)
         self._documents.grew(document.name, len(update))
 
-    # -- what sessions read (``replica.session.LogView``) ---------------------
+    # -- what sessions read (``replica.session_terms.LogView``) ---------------------
 
     def version_vector(self, document: str) -> VersionVector:
         """``{origin: highest seq held}`` for ``document``."""
