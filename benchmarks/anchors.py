@@ -266,6 +266,8 @@ async def storm_replica(dirs: Iterator[Path], sources: list[Path], total: int) -
             start,
         ),
     ):
+        for device in devices:  # loaded before the clock starts, as pycrdt-websocket's Docs are built before it
+            device.doc(DOCUMENT)
         with LoadWatch(lambda: [os.getpid(), relay.pid]) as load, Stopwatch() as sw:
             start()
             await wait_devices(devices, total, time.monotonic() + 300)
