@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import replica.doc as replica_doc
 from replica import Replica, delta, errors
 
 
@@ -204,7 +205,7 @@ def test_local_changes_after_a_remote_apply_are_all_kept(replica: Replica, paylo
         for k in range(40):
             source.doc("d").records("r").put(f"s{k}", {"blob": payload})
     incoming = source.missing_deltas("d", {})
-    big = sum(len(item.data) for item in incoming) > 4096
+    big = sum(len(item.data) for item in incoming) > replica_doc._QUIET_APPLY_BYTES
     assert big == (len(payload) > 1), "the remote deltas are not on the side of the threshold they test"
     assert replica.ingest(incoming).rejected is None
     rows = replica.doc("d").records("r")
