@@ -91,13 +91,6 @@ def record_fields(
     return st.dictionaries(st.sampled_from(names), values or record_values(), min_size=min_size, max_size=3)
 
 
-def photos() -> st.SearchStrategy[bytes]:
-    """A photo-sized field (5,000 bytes of one drawn byte: a cheap draw). Its
-    deltas, the spans and the snapshots holding it take the receivers' path
-    for large applies (``replica.doc``: more than 4 kB, applied unobserved)."""
-    return st.integers(1, 255).map(lambda byte: bytes([byte]) * 5_000)
-
-
 def text_content() -> st.SearchStrategy[str]:
     """Short strings mixing ASCII, accents, emoji and newlines (pycrdt
     counts UTF-8 bytes, replica counts code points)."""
@@ -158,8 +151,7 @@ Edit = Put | Update | Delete | Insert | Erase
 def record_edits(
     collections: tuple[str, ...] = ("households",), ids: tuple[str, ...] = RECORD_IDS
 ) -> st.SearchStrategy[Edit]:
-    """Puts, updates (with unsets) and deletes of a few records, and updates
-    setting a photo-sized field (:func:`photos`)."""
+    """Puts, updates (with unsets) and deletes of a few records."""
     collection = st.sampled_from(collections)
     record = record_ids(ids)
     return st.one_of(
@@ -172,7 +164,6 @@ def record_edits(
             st.lists(st.sampled_from(FIELD_NAMES), max_size=1, unique=True).map(tuple),
         ),
         st.builds(Delete, collection, record),
-        st.builds(Update, collection, record, st.fixed_dictionaries({"photo": photos()}), st.just(())),
     )
 
 
